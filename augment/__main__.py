@@ -1,0 +1,5 @@
+import sys
+
+from augment.cli import main
+
+sys.exit(main())
