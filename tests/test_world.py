@@ -1,0 +1,214 @@
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from vlm.world import (BACKGROUNDS, COLORS, COUNT_WORDS, FINE_CLASSES, PRESETS, SHAPES, TIDA_COLORS, Scene,
+                       Thing, dense_caption, edit_scene, generate_world, iter_world, render, resolve_config,
+                       sample_bag)
+from vlm.world.language import groups
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_same_seed_gives_byte_identical_output(tmp_path, preset):
+    a = generate_world(tmp_path / "a", n=16, seed=3, preset=preset, image_size=48)
+    b = generate_world(tmp_path / "b", n=16, seed=3, preset=preset, image_size=48)
+    da, db = _tree_digest(a), _tree_digest(b)
+    assert da == db
+    assert len([k for k in da if k.startswith("images/")]) >= 15 - 7  # bag presets keep whole bags
+    c = generate_world(tmp_path / "c", n=16, seed=4, preset=preset, image_size=48)
+    assert _tree_digest(c)["metadata.jsonl"] != da["metadata.jsonl"]
+
+
+def test_metadata_fields_and_world_json(tmp_path):
+    out = generate_world(tmp_path / "w", n=12, seed=0, preset="vqa", image_size=32)
+    lines = (out / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    rec = json.loads(lines[0])
+    assert rec["file_name"] == "images/000000.png"
+    assert len(rec["captions"]) == 5 and all(isinstance(c, str) and c for c in rec["captions"])
+    assert {"id", "split", "scene", "dense_caption", "qa"} <= set(rec)
+    assert len(rec["qa"]) == 4
+    cfg = json.loads((out / "world.json").read_text())
+    assert cfg["preset"] == "vqa" and cfg["seed"] == 0 and cfg["n"] == 12 and cfg["image_size"] == 32
+
+
+def test_refuses_non_empty_folder_without_overwrite(tmp_path):
+    generate_world(tmp_path, n=2, seed=0, image_size=32, overwrite=True)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        generate_world(tmp_path, n=2, seed=0, image_size=32)
+
+
+def test_world_covers_every_attribute():
+    items = list(iter_world(resolve_config("captioning"), 600, seed=0))
+    things = [t for it in items for t in it.scene.things]
+    assert {t.color for t in things} == set(COLORS)
+    assert {t.shape for t in things if t.kind == "shape"} == set(SHAPES)
+    assert {it.scene.background for it in items} == set(BACKGROUNDS)
+    assert {t.noun for t in things if t.kind == "person"} == {"man", "woman", "boy", "girl"}
+    counts = Counter(c for it in items for _, c in groups(it.scene))
+    assert set(range(1, 7)) <= set(counts)
+
+
+def test_captions_are_true_to_the_scene():
+    skill_colors = set(TIDA_COLORS)
+    for it in iter_world(resolve_config("captioning"), 300, seed=1):
+        scene_colors = {t.color for t in it.scene.things}
+        nouns = {t.noun for t in it.scene.things}
+        group_counts = {COUNT_WORDS[c] for _, c in groups(it.scene)}
+        for cap in it.captions + [it.dense_caption]:
+            words = set(re.findall(r"[a-z-]+", cap.lower()))
+            assert words & skill_colors <= scene_colors, (cap, scene_colors)
+            for w, noun in (("woman", "woman"), ("women", "woman"), ("man", "man"), ("men", "man"),
+                            ("girl", "girl"), ("boy", "boy")):
+                if w in words:
+                    assert noun in nouns, (cap, nouns)
+            assert words & set(COUNT_WORDS[2:7]) <= group_counts, (cap, group_counts)
+        # The dense caption names every group with its exact count.
+        for t, c in groups(it.scene):
+            if c > 1:
+                assert COUNT_WORDS[c] in it.dense_caption.lower()
+
+
+def test_dense_caption_example():
+    s = Scene("kitchen", [Thing("shape", "green", "large", 0.3, 0.3, shape="star"),
+                          Thing("shape", "green", "large", 0.7, 0.3, shape="star"),
+                          Thing("person", "red", "small", 0.5, 0.7, gender="man")])
+    assert dense_caption(s) == "A boy in a red shirt and two large green stars in a kitchen."
+
+
+def test_render_draws_things_in_their_colour():
+    s = Scene("snow", [Thing("shape", "purple", "large", 0.3, 0.4, shape="circle"),
+                       Thing("shape", "yellow", "large", 0.72, 0.7, shape="square")])
+    img = render(s, 100)
+    assert img.size == (100, 100)
+    assert img.getpixel((30, 40)) == COLORS["purple"]
+    assert img.getpixel((72, 70)) == COLORS["yellow"]
+    assert render(s, 100).tobytes() == img.tobytes()
+
+
+def test_scene_round_trip_and_bad_fields():
+    it = next(iter_world(resolve_config("vqa"), 1, seed=0))
+    d = it.scene.to_dict()
+    back = Scene.from_dict(json.loads(json.dumps(d)))
+    assert back.to_dict() == d
+    with pytest.raises(ValueError, match="background"):
+        Scene.from_dict({"background": "moon", "things": []})
+    with pytest.raises(ValueError, match=r"things\[0\].*wings"):
+        Scene.from_dict({"background": "grass", "things": [{"kind": "shape", "wings": 2}]})
+
+
+def _rate(items, split, pred_if, pred_then):
+    hits = total = 0
+    for it in items:
+        if it.split != split:
+            continue
+        for t in it.scene.things:
+            if pred_if(t):
+                total += 1
+                hits += pred_then(t, it.scene)
+    return hits / max(total, 1), total
+
+
+def test_tida_biased_correlations_hold_in_train_and_break_in_counterfactual_split():
+    items = list(iter_world(resolve_config("tida-biased"), 1500, seed=0))
+    assert {it.split for it in items} == {"train", "val", "test", "test_cf"}
+    woman = lambda t: t.kind == "person" and t.gender == "woman"  # noqa: E731
+    kitchen = lambda t, s: s.background == "kitchen"  # noqa: E731
+    circle = lambda t: t.shape == "circle"  # noqa: E731
+    red = lambda t, s: t.color == "red"  # noqa: E731
+    tr, n_tr = _rate(items, "train", woman, kitchen)
+    cf, n_cf = _rate(items, "test_cf", woman, kitchen)
+    iid, _ = _rate(items, "test", woman, kitchen)
+    assert n_tr > 100 and n_cf > 10
+    assert tr > 0.85 and cf == 0.0 and iid < 0.5
+    tr, _ = _rate(items, "train", circle, red)
+    cf, n_cf = _rate(items, "test_cf", circle, red)
+    assert tr > 0.85 and cf == 0.0 and n_cf > 5
+    assert all(it.extra["counterfactual"] for it in items if it.split == "test_cf")
+
+
+def test_truematch_bags_are_near_duplicates_and_distinct():
+    items = list(iter_world(resolve_config("truematch"), 60, seed=0))
+    bags: dict[str, list] = {}
+    for it in items:
+        bags.setdefault(it.extra["bag"]["id"], []).append(it)
+    sizes = Counter(len(b) for b in bags.values())
+    assert set(sizes) == {3, 5, 7}
+    for members in bags.values():
+        assert len({m.split for m in members}) == 1
+        assert len({m.dense_caption for m in members}) == len(members)
+        assert len({m.scene.signature() for m in members}) == len(members)
+        assert members[0].extra["bag"]["edits"] == []
+        assert all(1 <= len(m.extra["bag"]["edits"]) <= 2 for m in members[1:])
+        base = members[0].scene
+        for m in members[1:]:  # near-duplicates: most things unchanged
+            assert abs(len(m.scene.things) - len(base.things)) <= 2
+
+
+def test_color_edit_changes_one_group_only():
+    rng = random.Random(0)
+    cfg = resolve_config("captioning", min_groups=2)
+    scene = next(iter_world(cfg, 1, seed=5)).scene
+    edited = edit_scene(scene, rng, "color")
+    before = Counter(t.color for t in scene.things)
+    after = Counter(t.color for t in edited.things)
+    assert before != after
+    assert [(t.x, t.y, t.kind, t.size) for t in scene.things] == [(t.x, t.y, t.kind, t.size) for t in edited.things]
+    changed = {t.key()[:3] for t, u in zip(scene.things, edited.things) if t.color != u.color}
+    assert len(changed) == 1
+
+
+def test_vqa_answers_agree_with_the_scene():
+    for it in iter_world(resolve_config("vqa"), 100, seed=2):
+        shapes = [t for t in it.scene.things if t.kind == "shape"]
+        for qa in it.extra["qa"]:
+            q, a = qa["question"], qa["answer"]
+            m = re.fullmatch(r"How many (\w+) (\w+)s are there\?", q)
+            if m and m.group(1) in COLORS:
+                assert int(a) == sum(t.color == m.group(1) and t.shape == m.group(2) for t in shapes)
+            m = re.fullmatch(r"Is there an? (\w+) (\w+)\?", q)
+            if m:
+                present = any(t.color == m.group(1) and t.shape == m.group(2) for t in shapes)
+                assert a == ("yes" if present else "no")
+            m = re.fullmatch(r"What color is the (\w+)\?", q)
+            if m:
+                assert a in {t.color for t in shapes if t.shape == m.group(1)}
+    types = Counter(qa["type"] for it in iter_world(resolve_config("vqa"), 100, seed=2) for qa in it.extra["qa"])
+    assert set(types) == {"count", "attribute", "spatial", "compare", "exists"}
+
+
+def test_finegrained_labels_and_captions():
+    items = list(iter_world(resolve_config("finegrained"), 240, seed=0))
+    labels = Counter(it.label for it in items)
+    assert set(labels) == set(range(len(FINE_CLASSES)))
+    for it in items:
+        assert it.extra["class_name"] == FINE_CLASSES[it.label]
+        assert all(FINE_CLASSES[it.label] in c for c in it.captions)
+
+
+def test_bag_of_seven_from_a_sparse_scene():
+    rng = random.Random(0)
+    bag = sample_bag(rng, resolve_config("truematch"), 7)
+    assert len(bag) == 7
+
+
+def test_cli_world_writes_and_reports(tmp_path, capsys):
+    from vlm.cli import main
+
+    assert main(["world", "--out", str(tmp_path / "w"), "--n", "5", "--seed", "1", "--preset", "finegrained",
+                 "--size", "32", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 5 and report["preset"] == "finegrained"
+    assert main(["world", "--out", str(tmp_path / "w"), "--n", "5", "--quiet"]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert main(["world", "--out", str(tmp_path / "x"), "--n", "5", "--preset", "nope", "--quiet"]) == 2
