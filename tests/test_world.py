@@ -212,3 +212,17 @@ def test_cli_world_writes_and_reports(tmp_path, capsys):
     assert main(["world", "--out", str(tmp_path / "w"), "--n", "5", "--quiet"]) == 2
     assert "overwrite" in capsys.readouterr().err
     assert main(["world", "--out", str(tmp_path / "x"), "--n", "5", "--preset", "nope", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_world_loads_with_datasets_imagefolder(tmp_path, preset):
+    import datasets
+
+    out = generate_world(tmp_path / preset, n=10, seed=0, preset=preset, image_size=32)
+    rows = (out / "metadata.jsonl").read_text().splitlines()
+    ds = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+    assert len(ds) == len(rows)
+    first = json.loads(rows[0])
+    assert ds[0]["captions"] == first["captions"]
+    assert ds[0]["image"].size == (32, 32)
+    assert ds[0]["scene"]["background"] == first["scene"]["background"]

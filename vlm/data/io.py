@@ -211,6 +211,10 @@ def record_to_json(record: Record) -> str:
         >>> record_to_json(Record("a.png", ["a cat"], label=2, extra={"bag": 1}))
         '{"file_name": "a.png", "captions": ["a cat"], "bag": 1, "label": 2}'
     """
+    return json.dumps(_record_object(record), ensure_ascii=False, allow_nan=False)
+
+
+def _record_object(record: Record) -> dict[str, Any]:
     obj: dict[str, Any] = {"file_name": record.file_name, "captions": list(record.captions)}
     rest: dict[str, Any] = {k: v for k, v in (("id", record.id), ("split", record.split),
                                                ("label", record.label)) if v is not None}
@@ -218,7 +222,7 @@ def record_to_json(record: Record) -> str:
         rest[key] = _jsonable(value, key)
     for key in sorted(rest):
         obj[key] = rest[key]
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    return obj
 
 
 def _refuse_constant(name: str) -> Any:
@@ -301,6 +305,59 @@ class _Uniqueness:
             self.ids[record.id] = where
 
 
+def _json_kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"  # pyarrow promotes int64 to double, so ints and floats mix
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, dict) else "array"
+
+
+class _FieldTypes:
+    """One JSON type per field path across all records, as ``datasets`` (pyarrow's JSON reader) requires.
+
+    Paths look like ``scene.things[].x``: list items share one path, so ``[0, "below", 1]`` mixes a number
+    and a string at ``relations[][]`` and pyarrow refuses the whole file ("changed from number to string").
+    ``null`` fits any type; missing keys are fine.
+    """
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, tuple[str, str]] = {}
+
+    def check(self, obj: dict[str, Any], where: str) -> dict[str, tuple[str, str]]:
+        """The new ``{path: (kind, where)}`` entries of ``obj``; raise on a clash. ``add`` commits them."""
+        new: dict[str, tuple[str, str]] = {}
+        stack = [(key, value) for key, value in obj.items()]
+        while stack:
+            path, value = stack.pop()
+            kind = _json_kind(value)
+            if kind is None:
+                continue
+            seen = self.kinds.get(path) or new.get(path)
+            if seen is None:
+                new[path] = (kind, where)
+            elif seen[0] != kind:
+                earlier = "elsewhere in this record" if seen[1] == where else f"in {seen[1]}"
+                raise DatasetFormatError(
+                    f"is a {kind} here but a {seen[0]} {earlier}; datasets.load_dataset('imagefolder') "
+                    "(pyarrow) needs one JSON type per field, list items included: store e.g. a "
+                    "[0, 'below', 1] triple as an object {\"subject\": 0, \"relation\": \"below\", \"object\": 1}",
+                    field=path,
+                )
+            if kind == "object":
+                stack.extend((f"{path}.{k}", v) for k, v in value.items())
+            elif kind == "array":
+                stack.extend((f"{path}[]", v) for v in value)
+        return new
+
+    def add(self, new: dict[str, tuple[str, str]]) -> None:
+        self.kinds.update(new)
+
+
 # ------------------------------------------------------------------------------------------------- reading
 
 
@@ -347,6 +404,8 @@ def read_imagefolder(
     unique = _Uniqueness()
     records: list[Record] = []
     split_words: list[str] = []
+    field_types = _FieldTypes()
+    type_clashes: list[str] = []
     data = meta.read_bytes()
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
@@ -377,8 +436,18 @@ def read_imagefolder(
         unique.add(record, where)
         if hf_split_keyword(record.file_name):
             split_words.append(record.file_name)
+        try:
+            field_types.add(field_types.check(obj, where))
+        except DatasetFormatError as err:
+            type_clashes.append(str(err.located(meta, number)))
         records.append(record)
     policy.report(meta)
+    if type_clashes:
+        # Our readers cope; only datasets/pyarrow does not, so this warns instead of refusing the data.
+        logger.warning(
+            "%d record(s) mix JSON types in a field, so datasets.load_dataset('imagefolder') cannot read this "
+            "folder; first: %s", len(type_clashes), type_clashes[0],
+        )
     if split_words:
         logger.warning(
             "%s: %d file name(s) contain a split word (e.g. %r); datasets.load_dataset('imagefolder') will "
@@ -446,8 +515,14 @@ def _encode_image(image: Any, file_name: str) -> bytes:
     )
 
 
-def _line_for_writing(record: Record, unique: _Uniqueness, index: int, root: Path) -> str:
-    """Validate ``record`` as the ``index``-th of a folder being written; return its metadata line."""
+def _line_for_writing(
+    record: Record, unique: _Uniqueness, types: _FieldTypes, index: int, root: Path
+) -> tuple[str, dict[str, tuple[str, str]]]:
+    """Validate ``record`` as the ``index``-th of a folder being written; return its metadata line.
+
+    Commits nothing: the caller records ``record`` in ``unique`` and its field types in ``types`` once the
+    image is safely written.
+    """
     if not isinstance(record, Record):
         raise TypeError(f"record {index} must be a vlm.data.Record, got {type(record).__name__}")
     where = f"record {index} ({record.file_name})"
@@ -461,9 +536,12 @@ def _line_for_writing(record: Record, unique: _Uniqueness, index: int, root: Pat
                 "number (e.g. 'images/000001.png') and put the split in Record(split=...)",
                 field="file_name",
             )
-        return record_to_json(record)
+        obj = _record_object(record)
+        pending = types.check(obj, where)
+        line = json.dumps(obj, ensure_ascii=False, allow_nan=False)
     except DatasetFormatError as err:
         raise err.located(f"{root} {where}") from None
+    return line, pending
 
 
 class ImageFolderWriter:
@@ -496,6 +574,7 @@ class ImageFolderWriter:
         self._records: list[Record] = []
         self._lines: list[str] = []
         self._unique = _Uniqueness()
+        self._types = _FieldTypes()
         self._closed = False
         if append and (self.root / METADATA_FILE).is_file():
             for record in read_imagefolder(self.root, check_images=False):
@@ -517,13 +596,13 @@ class ImageFolderWriter:
     def __contains__(self, file_name: object) -> bool:
         return file_name in self._unique.file_names
 
-    def _check(self, record: Record) -> str:
-        return _line_for_writing(record, self._unique, len(self._records), self.root)
+    def _check(self, record: Record) -> tuple[str, dict[str, tuple[str, str]]]:
+        return _line_for_writing(record, self._unique, self._types, len(self._records), self.root)
 
-    def _accept(self, record: Record, line: str | None = None) -> None:
-        line = self._check(record) if line is None else line
-        where = f"record {len(self._records)} ({record.file_name})"
-        self._unique.add(record, where)
+    def _accept(self, record: Record, checked: tuple[str, dict[str, tuple[str, str]]] | None = None) -> None:
+        line, pending = self._check(record) if checked is None else checked
+        self._unique.add(record, f"record {len(self._records)} ({record.file_name})")
+        self._types.add(pending)
         self._records.append(record)
         self._lines.append(line)
 
@@ -536,7 +615,7 @@ class ImageFolderWriter:
         """
         if self._closed:
             raise RuntimeError(f"ImageFolderWriter({self.root}) is closed; open a new one with append=True")
-        line = self._check(record)
+        checked = self._check(record)
         try:
             path = resolve_inside(self.root, record.file_name)
             if image is None:
@@ -549,7 +628,7 @@ class ImageFolderWriter:
                 atomic_write_bytes(path, data, fsync=False)
         except DatasetFormatError as err:
             raise err.located(f"{self.root} record {len(self._records)} ({record.file_name})") from None
-        self._accept(record, line)
+        self._accept(record, checked)
         return path
 
     def flush(self) -> Path:
@@ -596,10 +675,11 @@ def write_imagefolder(
             raise ValueError(f"got {len(records)} records but {len(images)} images; give one image per record")
     # Validate every record before the first image is written, so a bad record late in the list cannot
     # leave new images next to the old metadata.
-    unique = _Uniqueness()
+    unique, types = _Uniqueness(), _FieldTypes()
     for i, record in enumerate(records):
-        _line_for_writing(record, unique, i, Path(root))
+        _, pending = _line_for_writing(record, unique, types, i, Path(root))
         unique.add(record, f"record {i} ({record.file_name})")
+        types.add(pending)
     writer = ImageFolderWriter(root)
     for i, record in enumerate(records):
         writer.add(None if images is None else images[i], record)

@@ -144,12 +144,15 @@ def relation(a: Thing, b: Thing) -> str:
     return "above" if dy > 0 else "below"
 
 
-def relations(scene: Scene) -> list[list]:
-    """[i, relation, j] for each ordered pair i < j of things."""
+def relations(scene: Scene) -> list[dict]:
+    """``{"subject": i, "relation": r, "object": j}`` for each pair i < j of things.
+
+    Dicts rather than ``[i, r, j]`` triples: pyarrow (hence ``datasets``) refuses lists that mix types.
+    """
     out = []
     for i, a in enumerate(scene.things):
         for j in range(i + 1, len(scene.things)):
-            out.append([i, relation(a, scene.things[j]), j])
+            out.append({"subject": i, "relation": relation(a, scene.things[j]), "object": j})
     return out
 
 
