@@ -55,8 +55,10 @@ def _embed(ds, world_dir: Path, batch_size: int, progress: bool) -> dict[str, to
     feats = []
     for start in tqdm(range(0, len(ds), batch_size), desc="image features", disable=not progress):
         idx = range(start, min(start + batch_size, len(ds)))
-        with torch.no_grad():
-            feats.append(enc.features(enc.preprocess([ds.image(i) for i in idx]), kind="pooled"))
+        with torch.inference_mode():
+            # No centre crop: objects near the border count as much as the others.
+            pixels = enc.preprocess([ds.image(i) for i in idx], center_crop=False)
+            feats.append(enc.features(pixels, kind="pooled"))
     text = load_text_encoder("all-MiniLM-L6-v2")
     captions = [ds[i].extra["dense_caption"] for i in range(len(ds))]
     emb = {"image": torch.cat(feats).float().contiguous(),
@@ -138,6 +140,10 @@ def run_default(out: str | Path = "runs/default", n: int = 800, seed: int = 0, b
 
     if n < 20:
         raise ValueError(f"the default job needs n >= 20 images, got {n}")
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     world_dir = _world(out, n, seed, progress)

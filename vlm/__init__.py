@@ -1,4 +1,14 @@
-"""finecap's core: models, pretrained components, data (the built-in world, dataset I/O) and training."""
+"""finecap's core: pretrained components, the built-in world, dataset I/O, models and training.
+
+Submodules: :mod:`vlm.pretrained` (one loading API for the pretrained components), :mod:`vlm.world`
+(the procedural world), :mod:`vlm.data` (dataset formats and validation). ``import vlm`` stays light:
+``vlm.pretrained`` (which imports torch) loads on first use of ``vlm.pretrained`` or of one of its names.
+
+Example:
+    >>> import vlm
+    >>> [c["name"] for c in vlm.list_components()][:2]
+    ['efficientnet_lite0', 'all-MiniLM-L6-v2']
+"""
 
 from vlm import _torchvision_compat
 
@@ -6,3 +16,22 @@ from vlm import _torchvision_compat
 _torchvision_compat.install()
 
 __version__ = "0.1.0"
+
+_PRETRAINED = ("load", "list_components", "check_components", "load_image_encoder", "load_text_encoder",
+               "load_language_model", "load_clip_tokenizer", "ImageEncoder", "TextEncoder", "LanguageModel",
+               "HubOfflineError")
+
+__all__ = ["__version__", *_PRETRAINED]
+
+
+def __getattr__(name: str):
+    # Lazy: importing torch costs ~1 s, and most users of vlm.world / vlm.data never need it.
+    if name in _PRETRAINED:
+        from vlm import pretrained
+
+        return getattr(pretrained, name)
+    if name in ("pretrained", "world", "data"):
+        import importlib
+
+        return importlib.import_module(f"vlm.{name}")
+    raise AttributeError(f"module 'vlm' has no attribute {name!r}")

@@ -443,7 +443,7 @@ class ImageEncoder(nn.Module):
         """Classifier logits ``(B, num_classes)`` for ``pixel_values`` ``(B, 3, H, W)`` from :meth:`preprocess`."""
         if not self.num_classes:
             raise ValueError(f"{self.name} has no classifier head; use features() instead")
-        return self.model(pixel_values)
+        return self.model(pixel_values.contiguous(memory_format=torch.channels_last))
 
     logits = forward
 
@@ -453,20 +453,24 @@ class ImageEncoder(nn.Module):
         The spatial map is what the backbone's ``forward_features`` returns: ``(B, C, H, W)`` for CNNs
         (``(B, 1280, 7, 7)`` for EfficientNet-Lite0 at 224 px); transformer backbones return tokens.
         """
-        fmap = self.model.forward_features(pixel_values)
+        fmap = self.model.forward_features(pixel_values.contiguous(memory_format=torch.channels_last))
         if kind == "spatial":
             return fmap
         if kind == "pooled":
             return self.model.forward_head(fmap, pre_logits=True)
         raise ValueError(f"kind must be 'pooled' or 'spatial', got {kind!r}")
 
-    def preprocess(self, images: "Image.Image | Sequence[Image.Image] | Any") -> torch.Tensor:
+    def preprocess(self, images: "Image.Image | Sequence[Image.Image] | Any", *,
+                   center_crop: bool = True) -> torch.Tensor:
         """PIL images (or HxWx3 / HxW uint8 arrays) -> ``pixel_values`` ``(B, 3, H, W)`` float32 on the CPU.
 
         timm's evaluation transform, in Pillow + torch (no torchvision): resize so that the crop covers
         ``crop_pct`` of the image (shorter side to ``floor(H / crop_pct)``, 256 px for 224 at 0.875) with
         the model's interpolation, centre crop to ``H x W``, scale to [0, 1], normalise with ``mean``/``std``.
         For EfficientNet-Lite0 that normalisation is the reference one, ``(x / 255 - 0.5) / 0.5``.
+
+        ``center_crop=False`` resizes the whole image to ``H x W`` instead: nothing near the border is cut
+        off, which matters when every object counts (the built-in world, counting, captioning).
         """
         import numpy as np
         from PIL import Image
@@ -477,7 +481,9 @@ class ImageEncoder(nn.Module):
         h, w = self.image_size
         crop_pct = cfg.get("crop_pct") or 0.875
         scale_h, scale_w = math.floor(h / crop_pct), math.floor(w / crop_pct)
-        squash = cfg.get("crop_mode") == "squash" or scale_h != scale_w
+        if not center_crop:
+            scale_h, scale_w = h, w
+        squash = not center_crop or cfg.get("crop_mode") == "squash" or scale_h != scale_w
         resample = _PIL_FILTERS.get(cfg.get("interpolation", "bilinear"), Image.BILINEAR)
         mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(cfg["std"], dtype=torch.float32).view(3, 1, 1)
@@ -553,7 +559,8 @@ def load_image_encoder(name: str = "efficientnet_lite0", *, device: str | torch.
         model = timm.create_model(f"{prefix}{ref}", pretrained=True)
         data_config = timm.data.resolve_data_config({}, model=model)
         enc = ImageEncoder(model, data_config=data_config, class_names=_imagenet_class_names(model), name=name)
-    return enc.to(device).eval()
+    # channels_last: depthwise convolutions run about 2x faster on CPU in this layout (same outputs).
+    return enc.to(device=device, memory_format=torch.channels_last).eval()
 
 
 def _efficientnet_lite0() -> ImageEncoder:
