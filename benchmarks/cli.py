@@ -1,8 +1,12 @@
 """``python -m benchmarks`` and the ``finecap`` console script.
 
 ``python -m benchmarks`` subcommands:
-  run     the default job: build a world, embed it with the pretrained components, measure what they see
-  speed   speed measurements (``speed world``)
+  run          the default job: build a world, embed it with the pretrained components, measure what they see
+  captions     caption metrics of predictions against references (pycocoevalcap-exact, fast)
+  truematch    TrueMatch self-retrieval R@1 per bag size, RD100, CLIPScore
+  recognition  fine-grained recognition protocols
+  flickr30k    caption and score the Flickr30K Karpathy split (``coco`` likewise)
+  speed        speed measurements (``speed world``, ``speed captions``)
 
 ``finecap`` gathers every package's commands: ``finecap run``, ``finecap world``, ``finecap pretrained``,
 ``finecap speed``, ``finecap skills``, and ``finecap vlm|augment|benchmarks ...`` for the full CLIs.
@@ -22,17 +26,33 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# Subcommands whose parsers live in their own modules: name -> (module, function, help).
+_DELEGATED = {
+    "speed": ("benchmarks.speed", "main", "speed measurements: speed world | speed captions"),
+    "captions": ("benchmarks.captions.cli", "main", "caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE, CLIP-S)"),
+    "truematch": ("benchmarks.truematch", "main", "TrueMatch: self-retrieval in bags of near-identical images"),
+    "recognition": ("benchmarks.recognition", "main", "fine-grained recognition: zero-shot, linear probe, k-shot, generative"),
+    "flickr30k": ("benchmarks.flickr", "main", "caption the Flickr30K Karpathy split with a captioner and score it"),
+    "coco": ("benchmarks.flickr", "main", "caption the COCO Karpathy split with a captioner and score it"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["speed"]:
-        from benchmarks.speed import main as speed_main
+    if argv[:1] and argv[0] in _DELEGATED:
+        import importlib
 
-        return speed_main(argv[1:])
+        module, func, _ = _DELEGATED[argv[0]]
+        fn = getattr(importlib.import_module(module), func)
+        if argv[0] in ("flickr30k", "coco"):
+            return fn(argv[1:], dataset=argv[0])
+        return fn(argv[1:])
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub.add_parser("run", help="the default job on the built-in world"))
-    sub.add_parser("speed", help="speed measurements: speed world ...")
+    for name, (_, _, help_text) in _DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     args = p.parse_args(argv)
     if args.command == "run":
         import json
@@ -52,6 +72,9 @@ _SHORTCUTS = {
     "world": ("vlm", ["world"]),
     "pretrained": ("vlm", ["pretrained"]),
     "skills": ("augment", ["skills"]),
+    "captions": ("benchmarks", ["captions"]),
+    "truematch": ("benchmarks", ["truematch"]),
+    "recognition": ("benchmarks", ["recognition"]),
 }
 
 
@@ -59,12 +82,16 @@ def finecap_main(argv: list[str] | None = None) -> int:
     """The ``finecap`` console script: shortcuts to the package CLIs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: finecap {run,world,pretrained,speed,skills,vlm,augment,benchmarks} ...\n\n"
+        print("usage: finecap {run,world,pretrained,speed,skills,captions,truematch,recognition,vlm,augment,"
+              "benchmarks} ...\n\n"
               "  run         the default job (python -m benchmarks run)\n"
               "  world       write a built-in world dataset (python -m vlm world)\n"
               "  pretrained  list/check pretrained components (python -m vlm pretrained)\n"
               "  speed       speed measurements (python -m benchmarks speed)\n"
               "  skills      skill words in a dataset's captions (python -m augment skills)\n"
+              "  captions    caption metrics (python -m benchmarks captions)\n"
+              "  truematch   TrueMatch self-retrieval (python -m benchmarks truematch)\n"
+              "  recognition fine-grained recognition (python -m benchmarks recognition)\n"
               "  vlm | augment | benchmarks ARGS   a package's full command line")
         return 0 if argv else 2
     head, rest = argv[0], argv[1:]

@@ -21,6 +21,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from vlm.devices import autocast, resolve_device  # noqa: F401  (re-exported for benchmarks)
+
 _VERSIONED = ("finecap", "torch", "torchvision", "transformers", "diffusers", "open_clip_torch", "timm",
               "accelerate", "peft", "pycocoevalcap", "datasets", "numpy", "Pillow")
 
@@ -34,33 +36,6 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def resolve_device(device: str | None = None) -> str:
-    """``"cuda"`` when one is present and nothing else was asked for, else ``"cpu"``; validates the rest.
-
-    Example:
-        >>> resolve_device("cpu")
-        'cpu'
-    """
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
-def autocast(device: str, enabled: bool = True):
-    """bf16 autocast on CUDA, a no-op context elsewhere (CPU inference stays fp32 for exactness)."""
-    import contextlib
-
-    import torch
-
-    if enabled and str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _jsonable(x: Any) -> Any:
