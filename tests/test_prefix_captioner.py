@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from vlm.models.prefix import PrefixCaptioner, PrefixCaptionerConfig, build_prefix_captioner, count_parameters
+from vlm.models.tokenizer import train_caption_tokenizer
+from vlm.world import iter_world, render, resolve_config
+
+TINY_LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, max_position_embeddings=96)
+
+
+@pytest.fixture(scope="module")
+def world():
+    items = list(iter_world(resolve_config("captioning"), 24, seed=0))
+    return [render(it.scene, 48) for it in items], [it.captions[0] for it in items], items
+
+
+@pytest.fixture(scope="module")
+def tokenizer(world):
+    return train_caption_tokenizer([c for it in world[2] for c in it.captions], vocab_size=400)
+
+
+def _model(tokenizer, **kw):
+    cfg = PrefixCaptionerConfig(image_encoder="scratch:test_efficientnet", prefix_length=3, scratch_lm=TINY_LM, **kw)
+    return build_prefix_captioner(cfg, tokenizer=tokenizer, seed=0).eval()
+
+
+def test_loss_is_mean_negative_token_log_prob(world, tokenizer):
+    images, caps, _ = world
+    m = _model(tokenizer)
+    with torch.no_grad():
+        loss = m.loss({"images": images[:4], "captions": caps[:4]})
+        logp, mask = m.token_log_probs(caps[:4], images=images[:4])
+    assert torch.isfinite(loss)
+    assert logp.shape == mask.shape and (logp[~mask] == 0).all()
+    torch.testing.assert_close(-(logp.sum() / mask.sum()), loss, atol=1e-5, rtol=0)
+    # Each caption's token count: its BPE tokens + EOS.
+    n_tokens = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in caps[:4]]
+    assert mask.sum(1).tolist() == n_tokens
+
+
+def test_a_training_step_changes_mapper_and_lm_not_the_frozen_encoder(world, tokenizer):
+    images, caps, _ = world
+    m = _model(tokenizer).train()
+    assert not m.image_encoder.training  # frozen: BatchNorm statistics must not drift
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    loss0 = m.loss({"images": images[:8], "captions": caps[:8]})
+    loss0.backward()
+    opt.step()
+    after = m.state_dict()
+    changed = {k.split(".")[0] for k in after if not torch.equal(before[k], after[k])}
+    assert changed == {"mapper", "lm"}
+    with torch.no_grad():
+        assert m.loss({"images": images[:8], "captions": caps[:8]}) < loss0
+
+
+def test_batched_generation_equals_one_by_one_with_prompts_of_different_lengths(world, tokenizer):
+    images, _, _ = world
+    m = _model(tokenizer)
+    prompts = ["How many?", "What color is the big one?", "Describe.", "Is there a woman in the kitchen?"]
+    batched = m.generate(images[:4], prompts, max_new_tokens=6)
+    single = [m.generate([im], [p], max_new_tokens=6)[0] for im, p in zip(images[:4], prompts)]
+    assert batched == single
+    beams = m.generate(images[:4], num_beams=3, max_new_tokens=6, num_return_sequences=2)
+    assert len(beams) == 8 and all(isinstance(c, str) for c in beams)
+
+
+def test_save_and_load_round_trip_gives_equal_outputs(world, tokenizer, tmp_path):
+    images, caps, _ = world
+    m = _model(tokenizer, mapper="transformer", feature_kind="spatial", mapper_hidden=64, mapper_layers=1)
+    m.save_pretrained(tmp_path / "m")
+    back = PrefixCaptioner.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        a, _ = m.token_log_probs(caps[:3], images=images[:3])
+        b, _ = back.token_log_probs(caps[:3], images=images[:3])
+    assert torch.equal(a, b)
+    assert m.generate(images[:3], max_new_tokens=5) == back.generate(images[:3], max_new_tokens=5)
+
+
+def test_lora_trains_only_adapters_and_mapper(tokenizer):
+    m = _model(tokenizer, lm_training="lora", lora_r=4, lora_alpha=8)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("mapper.") or "lora_" in n for n in trainable)
+    counts = count_parameters(m)
+    assert 0 < counts["trainable"] < counts["total"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(mapper="rnn"), "mapper"),
+    (dict(feature_kind="spatial"), "transformer"),
+    (dict(lm_training="half"), "lm_training"),
+])
+def test_config_validation(bad, match):
+    with pytest.raises(ValueError, match=match):
+        PrefixCaptionerConfig(**bad)
+
+
+def test_config_from_dict_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown keys"):
+        PrefixCaptionerConfig.from_dict({"prefix_len": 3})
