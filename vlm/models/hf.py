@@ -112,8 +112,9 @@ class HFCaptioner:
         return out
 
 
-def load_captioner(spec: str | Path, *, device: str = "cpu") -> HFCaptioner:
-    """A captioner from a spec: a folder saved with ``save_pretrained`` or a hub id (online).
+def load_captioner(spec: str | Path, *, device: str = "cpu"):
+    """A trained captioner from a spec: a folder saved with ``save_pretrained`` (a finecap prefix captioner
+    or a transformers model) or a transformers hub id (online). See also :func:`vlm.models.create_captioner`.
 
     Example:
         >>> load_captioner("/no/such/folder")  # doctest: +ELLIPSIS
@@ -121,4 +122,9 @@ def load_captioner(spec: str | Path, *, device: str = "cpu") -> HFCaptioner:
         ...
         FileNotFoundError: captioner '/no/such/folder' is neither a local folder nor in the local hub cache...
     """
+    from vlm.models.registry import create_captioner
+
+    path = Path(spec)
+    if path.is_dir():
+        return create_captioner(str(path), device=device)
     return HFCaptioner.from_pretrained(spec, device=device)

@@ -1,0 +1,87 @@
+"""Models found by name: small JSON files in ``vlm/model_configs/``, like open_clip's model configs.
+
+``list_models()`` names them; ``create_captioner(name)`` builds one (random trainable parts, pretrained
+frozen parts); a folder saved with ``save_pretrained`` or a Hugging Face image-to-text model (``hf:<id or
+folder>``) load through the same call.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+
+
+@lru_cache(maxsize=None)
+def _configs() -> dict[str, dict]:
+    out = {}
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON: {err}") from err
+        if "kind" not in d or "config" not in d:
+            raise ValueError(f"{path}: a model config needs 'kind' and 'config' fields")
+        out[path.stem] = d
+    return out
+
+
+def list_models(kind: str | None = None) -> list[str]:
+    """Names of the shipped model configs (optionally of one ``kind``, e.g. ``"prefix"``).
+
+    Example:
+        >>> "prefix-small" in list_models()
+        True
+    """
+    return [n for n, d in _configs().items() if kind is None or d["kind"] == kind]
+
+
+def model_config(name: str) -> dict:
+    """The shipped config of a model name (a copy)."""
+    if name not in _configs():
+        raise ValueError(f"unknown model {name!r}; shipped models: {list_models()}")
+    return json.loads(json.dumps(_configs()[name]))
+
+
+def create_captioner(name: str, *, tokenizer: Any = None, train_texts: list[str] | None = None,
+                     vocab_size: int = 1000, seed: int = 0, device: str = "cpu", **overrides: Any):
+    """A captioner from a shipped name, a saved folder, or ``hf:<hub id or folder>``.
+
+    Args:
+        name: ``list_models()`` name (new model), a folder saved by ``save_pretrained`` (trained model),
+            or ``hf:<id>`` for a transformers image-to-text model.
+        tokenizer: for from-scratch LMs, the tokenizer to use; or
+        train_texts: captions to train a byte-level BPE of ``vocab_size`` on (from-scratch LMs).
+        seed: initialisation seed.
+        overrides: config fields to change (e.g. ``prefix_length=4``).
+
+    Example:
+        >>> from vlm.models import create_captioner
+        >>> m = create_captioner("prefix-tiny", train_texts=["a red circle.", "two squares."] * 10, vocab_size=280)
+        >>> type(m).__name__
+        'PrefixCaptioner'
+    """
+    from vlm.models.hf import HFCaptioner
+    from vlm.models.prefix import PrefixCaptioner, PrefixCaptionerConfig, build_prefix_captioner
+
+    if name.startswith("hf:"):
+        return HFCaptioner.from_pretrained(name[3:], device=device)
+    path = Path(name)
+    if path.is_dir():
+        if (path / "config.json").is_file() and "image_encoder" in json.loads((path / "config.json").read_text()):
+            return PrefixCaptioner.from_pretrained(path, device=device)
+        return HFCaptioner.from_pretrained(path, device=device)
+    d = model_config(name)
+    if d["kind"] != "prefix":
+        raise ValueError(f"model {name!r} is a {d['kind']}, not a captioner")
+    cfg = PrefixCaptionerConfig.from_dict({**d["config"], **overrides})
+    if cfg.language_model == "scratch" and tokenizer is None:
+        if not train_texts:
+            raise ValueError(f"{name} trains its LM from scratch: pass tokenizer=... or train_texts=[captions]")
+        from vlm.models.tokenizer import train_caption_tokenizer
+
+        tokenizer = train_caption_tokenizer(train_texts, vocab_size=vocab_size)
+    return build_prefix_captioner(cfg, tokenizer=tokenizer, seed=seed, device=device)
