@@ -3,6 +3,7 @@
 Subcommands:
   world        write a built-in world dataset (``--preset``: captioning, tida-biased, truematch, vqa, finegrained)
   pretrained   list or check the pretrained components (``list`` / ``check``)
+  train        MLE training of a captioner (``--config vlm/configs/mle-world-small.yaml``)
 """
 
 from __future__ import annotations
@@ -65,10 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("action", choices=["list", "check"])
     pr.add_argument("names", nargs="*", help="components to check (default: all offline ones)")
     pr.set_defaults(func=_pretrained)
+    for name, (_, help_text) in _DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
+# Subcommands with their own parsers: name -> (module, help).
+_DELEGATED = {
+    "train": ("vlm.train.mle", "MLE training of a captioner from a YAML config (accelerate launch works too)"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import sys as _sys
+
+    argv = list(_sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in _DELEGATED:
+        import importlib
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return importlib.import_module(_DELEGATED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

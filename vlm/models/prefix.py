@@ -235,6 +235,10 @@ class PrefixCaptioner(nn.Module):
         return embeds, mask.to(self.device), labels.to(self.device)
 
     # ---- the common calls --------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Same as :meth:`loss`: training wrappers (DDP, FSDP) synchronise gradients through ``forward``."""
+        return self.loss(batch)
+
     def loss(self, batch: dict) -> torch.Tensor:
         """Mean token cross-entropy of ``batch["captions"]`` given the images.
 
