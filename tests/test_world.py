@@ -226,3 +226,38 @@ def test_world_loads_with_datasets_imagefolder(tmp_path, preset):
     assert ds[0]["captions"] == first["captions"]
     assert ds[0]["image"].size == (32, 32)
     assert ds[0]["scene"]["background"] == first["scene"]["background"]
+
+
+def test_every_generated_caption_is_fully_supported_by_its_scene():
+    from vlm.world.facts import score_caption
+
+    stated = 0
+    for preset in sorted(PRESETS):
+        for it in iter_world(resolve_config(preset), 120, seed=7):
+            for cap in it.captions + [it.dense_caption]:
+                r = score_caption(cap, it.scene)
+                assert r["unsupported"] == 0, (preset, cap)
+                stated += r["facts"]
+    assert stated > 5000
+
+
+def test_fact_checker_catches_wrong_colour_count_background_and_relation():
+    from vlm.world.facts import caption_facts, check_fact
+
+    s = Scene("beach", [Thing("shape", "red", "small", 0.2, 0.5, shape="circle"),
+                        Thing("shape", "red", "small", 0.2, 0.8, shape="circle"),
+                        Thing("person", "blue", "large", 0.7, 0.5, gender="woman")])
+    wrong = ("Three red circles in a kitchen. The woman in the blue dress is to the left of the small red circle.")
+    verdict = {f[0]: check_fact(f, s) for f in caption_facts(wrong)}
+    assert verdict == {"thing": True, "color": True, "count": False, "background": False, "relation": False}
+    right = "Two small red circles on a beach. A woman in a blue dress."
+    assert all(check_fact(f, s) for f in caption_facts(right))
+
+
+def test_dense_captions_state_more_facts_than_terse_ones():
+    from vlm.world.facts import score_caption
+
+    items = list(iter_world(resolve_config("captioning"), 200, seed=1))
+    dense = sum(score_caption(it.dense_caption, it.scene)["facts"] for it in items)
+    terse = sum(score_caption(it.captions[0], it.scene)["facts"] for it in items)
+    assert dense > 2 * terse

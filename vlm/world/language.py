@@ -88,7 +88,8 @@ def join(items: list[str]) -> str:
 def _ref(t: Thing) -> str:
     """A definite reference to a single thing: "the small red circle", "the woman"."""
     if t.kind == "person":
-        return f"the {t.noun}"
+        # The shirt colour keeps "the man" unambiguous when two men in different shirts are in the scene.
+        return f"the {t.noun} in the {t.color} {'dress' if t.gender == 'woman' else 'shirt'}"
     if t.kind == "badge":
         return f"the {t.color} {t.noun}"
     size = "medium-sized" if t.size == "medium" else t.size
@@ -122,7 +123,7 @@ def dense_caption(scene: Scene, *, max_relations: int = 2) -> str:
         >>> s = Scene("beach", [Thing("shape", "red", "small", 0.2, 0.5, shape="circle"),
         ...                     Thing("person", "blue", "large", 0.7, 0.5, gender="woman")])
         >>> dense_caption(s)
-        'A woman in a blue dress and a small red circle on a beach. The small red circle is to the left of the woman.'
+        'A woman in a blue dress and a small red circle on a beach. The small red circle is to the left of the woman in the blue dress.'
     """
     gs = sorted(groups(scene), key=lambda g: _salience(g[0]))
     text = capitalise(join([noun_phrase(t, c) for t, c in gs])) + " " + BACKGROUND_PHRASES[scene.background] + "."
