@@ -6,6 +6,7 @@
   truematch    TrueMatch self-retrieval R@1 per bag size, RD100, CLIPScore
   recognition  fine-grained recognition protocols
   flickr30k    caption and score the Flickr30K Karpathy split (``coco`` likewise)
+  hallucination  facts per caption and hallucination rate against world scene graphs
   speed        speed measurements (``speed world``, ``speed captions``)
 
 ``finecap`` gathers every package's commands: ``finecap run``, ``finecap world``, ``finecap pretrained``,
@@ -34,6 +35,7 @@ _DELEGATED = {
     "recognition": ("benchmarks.recognition", "main", "fine-grained recognition: zero-shot, linear probe, k-shot, generative"),
     "flickr30k": ("benchmarks.flickr", "main", "caption the Flickr30K Karpathy split with a captioner and score it"),
     "coco": ("benchmarks.flickr", "main", "caption the COCO Karpathy split with a captioner and score it"),
+    "hallucination": ("benchmarks.hallucination", "main", "facts stated and hallucinated by captions of world images"),
 }
 
 

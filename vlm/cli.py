@@ -4,6 +4,7 @@ Subcommands:
   world        write a built-in world dataset (``--preset``: captioning, tida-biased, truematch, vqa, finegrained)
   pretrained   list or check the pretrained components (``list`` / ``check``)
   train        MLE training of a captioner (``--config vlm/configs/mle-world-small.yaml``)
+  boost        Visual Caption Boosting of a dataset's captions (``--data DIR --out DIR``)
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with their own parsers: name -> (module, help).
 _DELEGATED = {
     "train": ("vlm.train.mle", "MLE training of a captioner from a YAML config (accelerate launch works too)"),
+    "boost": ("vlm.boost", "Visual Caption Boosting: blend reference captions into anchored fine-grained ones"),
 }
 
 

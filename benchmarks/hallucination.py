@@ -1,0 +1,98 @@
+"""Detail and hallucination of captions against the built-in world's scene graphs.
+
+``python -m benchmarks hallucination --data WORLD_DIR [--field boosted_caption] [--captions PREDS.json]``
+
+For each caption the world's fact parser (:mod:`vlm.world.facts`) lists the facts it states (things,
+colours, sizes, counts, background, relations) and checks each against the image's scene graph. Reported
+per caption source: facts per caption, and the hallucination rate = unsupported facts / stated facts.
+The baselines beside it are the world's own captions: the first (tersest) reference, the mean over the
+references, and the exhaustive dense caption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def fact_scores(captions: dict[str, str], scenes: dict[str, object]) -> dict:
+    """Facts per caption and hallucination rate of ``{id: caption}`` against ``{id: Scene}``.
+
+    Example:
+        >>> from vlm.world import Scene, Thing
+        >>> s = {"0": Scene("grass", [Thing("shape", "red", "large", 0.5, 0.5, shape="circle")])}
+        >>> fact_scores({"0": "A large blue circle on the grass."}, s)
+        {'captions': 1, 'facts_per_caption': 5.0, 'hallucination_rate': 0.4}
+    """
+    from vlm.world.facts import score_caption
+
+    stated = unsupported = 0
+    for k, cap in captions.items():
+        r = score_caption(cap, scenes[k])
+        stated += r["facts"]
+        unsupported += r["unsupported"]
+    n = len(captions)
+    return {"captions": n, "facts_per_caption": round(stated / max(n, 1), 4),
+            "hallucination_rate": round(unsupported / max(stated, 1), 4)}
+
+
+def world_baselines(records, scenes) -> dict[str, dict]:
+    """The world's own captions scored the same way: first reference, all references, dense caption."""
+    first = {str(r.id): r.captions[0] for r in records}
+    dense = {str(r.id): r.extra["dense_caption"] for r in records if r.extra.get("dense_caption")}
+    out = {"reference_first": fact_scores(first, scenes)}
+    per_ref = [fact_scores({str(r.id): r.captions[j] for r in records}, scenes)["facts_per_caption"]
+               for j in range(min(len(r.captions) for r in records))]
+    out["reference_mean"] = {"facts_per_caption": round(sum(per_ref) / len(per_ref), 4)}
+    if dense:
+        out["dense_caption"] = fact_scores(dense, scenes)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks hallucination", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="a world dataset folder (records carry 'scene')")
+    p.add_argument("--split", default=None)
+    p.add_argument("--field", action="append", default=[], help="record field holding captions to score")
+    p.add_argument("--captions", action="append", default=[], help="predictions JSON {id: caption} to score")
+    p.add_argument("--out", default=None, help="write results + report here")
+    args = p.parse_args(argv)
+
+    from benchmarks.report import write_results
+    from vlm.data import read_imagefolder
+    from vlm.world import Scene
+
+    t0 = time.perf_counter()
+    ds = read_imagefolder(args.data, split=args.split, check_images=False)
+    records = list(ds)
+    if not records or "scene" not in records[0].extra:
+        print(f"error: {args.data}: records have no 'scene' field (not a world dataset)", file=sys.stderr)
+        return 2
+    scenes = {str(r.id): Scene.from_dict(r.extra["scene"]) for r in records}
+    results: dict[str, dict] = world_baselines(records, scenes)
+    for f in args.field:
+        caps = {str(r.id): r.extra[f] for r in records if isinstance(r.extra.get(f), str)}
+        if not caps:
+            print(f"error: no record of {args.data} has a string field {f!r}", file=sys.stderr)
+            return 2
+        results[f"field:{f}"] = fact_scores(caps, scenes)
+    for path in args.captions:
+        preds = {str(k): v for k, v in json.loads(Path(path).read_text()).items()}
+        unknown = set(preds) - set(scenes)
+        if unknown:
+            print(f"error: {path}: ids not in the dataset, e.g. {sorted(unknown)[0]!r}", file=sys.stderr)
+            return 2
+        results[f"captions:{Path(path).name}"] = fact_scores(preds, scenes)
+    base = results["reference_first"]["facts_per_caption"]
+    for k, v in results.items():
+        if "facts_per_caption" in v and base:
+            v["facts_vs_first_reference"] = round(v["facts_per_caption"] / base, 3)
+    if args.out:
+        write_results(args.out, "hallucination", results, config=vars(args), wall_time_s=time.perf_counter() - t0)
+    print(json.dumps(results, indent=2))
+    return 0
+
