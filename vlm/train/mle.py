@@ -207,7 +207,8 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
     Args:
         cfg: the run.
         metrics_fn: ``(references {id: [str]}, predictions {id: str}) -> {metric: value}`` for evaluation
-            (the CLI passes ``vlm.metrics.compute_caption_metrics``); None: validation loss only.
+            (the CLI passes :func:`vlm.metrics.caption_scores`: BLEU, ROUGE-L, CIDEr-D); None: validation
+            loss only.
         stop_after_steps: stop (as if killed) after this optimizer step; for resume tests.
     """
     from accelerate import Accelerator
@@ -410,14 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         k, v = item.split("=", 1)
         overrides[k] = yaml.safe_load(v)
     cfg = MLEConfig.from_yaml(args.config, **overrides)
-    metrics_fn = None
-    try:
-        from vlm.metrics import compute_caption_metrics
+    from vlm.metrics import caption_scores as metrics_fn
 
-        def metrics_fn(refs, preds):
-            return compute_caption_metrics(refs, preds)
-    except ImportError:  # metrics not available: validation loss only
-        logger.warning("vlm.metrics not available: evaluating validation loss only")
     summary = train_mle(cfg, metrics_fn=metrics_fn)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))

@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.captions.cli import main
+
+sys.exit(main())
