@@ -21,7 +21,10 @@ _PRETRAINED = ("load", "list_components", "check_components", "load_image_encode
                "load_language_model", "load_clip_tokenizer", "ImageEncoder", "TextEncoder", "LanguageModel",
                "HubOfflineError")
 
-__all__ = ["__version__", *_PRETRAINED]
+_MODELS = ("list_models", "create_captioner", "PrefixCaptioner", "PrefixCaptionerConfig", "HFCaptioner")
+_RETRIEVAL = ("Retriever", "OpenCLIPRetriever", "load_retriever", "create_retriever", "register_retriever")
+
+__all__ = ["__version__", *_PRETRAINED, *_MODELS, *_RETRIEVAL]
 
 
 def __getattr__(name: str):
@@ -30,7 +33,15 @@ def __getattr__(name: str):
         from vlm import pretrained
 
         return getattr(pretrained, name)
-    if name in ("pretrained", "world", "data"):
+    if name in _MODELS:
+        from vlm import models
+
+        return getattr(models, name)
+    if name in _RETRIEVAL:
+        from vlm import retrieval
+
+        return getattr(retrieval, "load_retriever" if name == "create_retriever" else name)
+    if name in ("pretrained", "world", "data", "models", "retrieval", "metrics", "train"):
         import importlib
 
         return importlib.import_module(f"vlm.{name}")
