@@ -846,7 +846,9 @@ class TrueMatchConfig:
     retriever: str
     """Retriever spec (``vlm.retrieval.load_retriever``), e.g. ``open_clip:ViT-B-32:openai``."""
     captions: str
-    """Predictions JSON ``{image_id: caption}``, or ``reference:dense_caption`` / ``reference:first`` on a world."""
+    """Predictions JSON ``{image_id: caption}``, ``reference:dense_caption`` / ``reference:first`` on a world,
+    or ``model:<captioner>`` (a trained folder or ``hf:<id>``) to caption every image independently with
+    the protocol's decoding (beam 5, 20 tokens, stop at the first '.')."""
     bags: str | None = None
     """Public layout: the bags JSON (with ``images``)."""
     images: str | None = None
@@ -894,6 +896,16 @@ class TrueMatchConfig:
             raise ValueError(f"{name}.rd_candidates must be >= 2, got {self.rd_candidates}")
 
 
+class _ProtocolDecoding:
+    """A captioner decoding as the TrueMatch protocol does: beam 5, at most 20 tokens, stop at the first '.'."""
+
+    def __init__(self, captioner: Any):
+        self.captioner = captioner
+
+    def generate(self, images: list) -> list[str]:
+        return self.captioner.generate(images, num_beams=5, max_new_tokens=20, stop_at_period=True)
+
+
 def run_truematch(config: TrueMatchConfig) -> dict[str, Any]:
     """Load data, captions and retriever, evaluate, and write ``truematch.json`` / ``.md`` / ``.png`` and
     ``truematch_items.jsonl`` under ``config.out``. Returns the results dict written to the JSON."""
@@ -907,11 +919,18 @@ def run_truematch(config: TrueMatchConfig) -> dict[str, Any]:
         data = load_world_bags(config.world, split=config.split)
     else:
         data = load_bags_json(config.bags, config.images, image_ext=config.image_ext)
-    captions = read_captions(config.captions, data)
     device = resolve_device(config.device)
+    captioner = None
+    if config.captions.startswith("model:"):
+        from vlm.models import load_captioner
+
+        captioner = _ProtocolDecoding(load_captioner(config.captions[len("model:"):], device=device))
+        captions = None
+    else:
+        captions = read_captions(config.captions, data)
     retriever = load_retriever(config.retriever, device=device)
     cache = None if config.no_cache else EmbeddingCache(config.cache_dir or cache_dir() / "truematch_embeddings")
-    result = evaluate_truematch(data, retriever, captions=captions, batch_size=config.batch_size,
+    result = evaluate_truematch(data, retriever, captions=captions, captioner=captioner, batch_size=config.batch_size,
                                 chunk_size=config.chunk_size, seed=config.seed, rd_candidates=config.rd_candidates,
                                 cache=cache, progress=config.progress)
     out = Path(config.out)
@@ -945,7 +964,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--images", help="public layout: image folder (file = DIR/id or DIR/id + --image-ext)")
     data.add_argument("--image-ext", default=".jpg", help="public layout: image file extension (default .jpg)")
     p.add_argument("--captions", required=True,
-                   help="predictions JSON {image_id: caption}, or reference:dense_caption / reference:first (world)")
+                   help="predictions JSON {image_id: caption}, reference:dense_caption / reference:first (world), "
+                        "or model:<trained captioner folder or hf:id> to caption the images here")
     p.add_argument("--out", default="runs/truematch", help="output folder (default runs/truematch)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder batch (default 64)")

@@ -484,3 +484,26 @@ def test_config_requires_exactly_one_data_layout():
         tm.TrueMatchConfig(retriever="x", captions="c.json", bags="b.json")
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         tm.TrueMatchConfig(retriever="x", captions="c.json", world="w", chunk_size=0)
+
+
+def test_cli_captions_with_a_trained_captioner_folder(tmp_path, capsys):
+    """--captions model:FOLDER captions every world image with a saved prefix captioner, then scores."""
+    from benchmarks.truematch import main
+    from vlm.models import create_captioner
+    from vlm.world import generate_world
+
+    world = generate_world(tmp_path / "w", n=15, seed=0, preset="truematch", image_size=48)
+    cap = create_captioner("prefix-tiny", train_texts=["a red circle.", "two blue squares."] * 10, vocab_size=280)
+    cap.save_pretrained(tmp_path / "cap")
+    cfg = tmp_path / "clip.json"
+    cfg.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                               "head_width": 16, "patch_size": 16},
+                               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                                            "layers": 1}}))
+    rc = main(["--retriever", f"open_clip:{cfg}:random", "--world", str(world), "--captions",
+               f"model:{tmp_path / 'cap'}", "--out", str(tmp_path / "out"), "--quiet", "--no-cache"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["counts"]["images"] == 15 and 0.0 <= res["R@1/bag3"] <= 1.0
+    items = [json.loads(x) for x in (tmp_path / "out" / "truematch_items.jsonl").read_text().splitlines()]
+    assert len(items) == 15 and all(isinstance(r["caption"], str) for r in items)
