@@ -5,6 +5,7 @@ Subcommands:
   pretrained   list or check the pretrained components (``list`` / ``check``)
   train        MLE training of a captioner (``--config vlm/configs/mle-world-small.yaml``)
   boost        Visual Caption Boosting of a dataset's captions (``--data DIR --out DIR``)
+  train-retriever  train the offline retriever (LiT: EfficientNet-Lite0 + MiniLM) on the world
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 _DELEGATED = {
     "train": ("vlm.train.mle", "MLE training of a captioner from a YAML config (accelerate launch works too)"),
     "boost": ("vlm.boost", "Visual Caption Boosting: blend reference captions into anchored fine-grained ones"),
+    "train-retriever": ("vlm.train.contrastive", "train the offline LiT retriever on the world and evaluate it"),
 }
 
 

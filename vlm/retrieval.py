@@ -12,7 +12,10 @@ Specs name a retriever on the command line, ``KIND:REST``:
 * ``open_clip:ViT-B-32:/path/weights.pt`` -- the architecture with a local checkpoint;
 * ``open_clip:hf-hub:org/repo`` / ``open_clip:local-dir:/path`` -- open_clip's own schemas;
 * ``open_clip:/path/config.json:random`` -- an architecture from a JSON config file (open_clip's format),
-  random weights (seeded): for tests and demos; ``random`` works with any architecture.
+  random weights (seeded): for tests and demos; ``random`` works with any architecture;
+* ``finecap:lit`` -- the package's own offline retriever: EfficientNet-Lite0 + MiniLM towers with learned
+  projections, contrastively trained on the built-in world (trained on first use, then cached);
+  ``finecap:/path`` loads a folder written by ``python -m vlm train-retriever``.
 
 Example (a tiny random-weight CLIP from :data:`TINY_OPEN_CLIP_CONFIG`, built in a fraction of a second):
     >>> import json, os, tempfile
@@ -352,7 +355,14 @@ def _open_clip_from_spec(rest: str, *, device: str = "cpu") -> OpenCLIPRetriever
 
 
 #: ``KIND`` of a spec ``KIND:REST`` -> factory ``(rest, *, device) -> Retriever``.
-_FACTORIES: dict[str, Callable[..., Retriever]] = {"open_clip": _open_clip_from_spec}
+def _finecap_from_spec(rest: str, *, device: str = "cpu") -> Retriever:
+    # The package's own offline retriever (LiT on the built-in world); imported on use: it needs torch.
+    from vlm.models.lit import load_lit_retriever
+
+    return load_lit_retriever(rest, device=device)
+
+
+_FACTORIES: dict[str, Callable[..., Retriever]] = {"open_clip": _open_clip_from_spec, "finecap": _finecap_from_spec}
 
 
 def register_retriever(kind: str, factory: Callable[..., Retriever]) -> None:
