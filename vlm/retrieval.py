@@ -386,7 +386,7 @@ def load_retriever(spec: str, *, device: str = "cpu") -> Retriever:
         >>> load_retriever("nope:x")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown retriever spec 'nope:x': start it with one of open_clip: (e.g. ...)
+        ValueError: unknown retriever spec 'nope:x': start it with one of open_clip:, finecap: (e.g. ...)
     """
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in _FACTORIES or not rest:
