@@ -4,6 +4,7 @@
   saved folders, and Hugging Face image-to-text models (``hf:<id>``).
 - :class:`PrefixCaptioner`: ClipCap-style image encoder -> mapper -> prefix -> causal LM.
 - :class:`HFCaptioner`: any ``AutoModelForImageTextToText`` + ``AutoProcessor``.
+- :class:`LiTRetriever`: the offline retriever (EfficientNet-Lite0 + MiniLM, projections trained on the world).
 
 Example:
     >>> from vlm.models import list_models, truncate_at_period
@@ -16,7 +17,7 @@ Example:
 from vlm.models.hf import HFCaptioner, load_captioner, truncate_at_period
 from vlm.models.registry import create_captioner, list_models, model_config
 
-__all__ = ["HFCaptioner", "PrefixCaptioner", "PrefixCaptionerConfig", "build_prefix_captioner", "create_captioner",
+__all__ = ["HFCaptioner", "LiTConfig", "LiTRetriever", "load_lit_retriever", "PrefixCaptioner", "PrefixCaptionerConfig", "build_prefix_captioner", "create_captioner",
            "list_models", "load_captioner", "model_config", "train_caption_tokenizer", "truncate_at_period"]
 
 
@@ -26,6 +27,10 @@ def __getattr__(name):
         from vlm.models import prefix
 
         return getattr(prefix, name)
+    if name in ("LiTConfig", "LiTRetriever", "load_lit_retriever"):
+        from vlm.models import lit
+
+        return getattr(lit, name)
     if name == "train_caption_tokenizer":
         from vlm.models.tokenizer import train_caption_tokenizer
 
