@@ -463,8 +463,9 @@ class EmbeddingCache:
 
 
 def _file_key(path: Path) -> str:
-    st = os.stat(path)
-    return hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    from vlm.data import file_identity
+
+    return hashlib.sha256(file_identity(path).encode()).hexdigest()[:32]
 
 
 def _check_embeddings(emb: Any, n: int, what: str, retriever: Retriever) -> torch.Tensor:

@@ -37,6 +37,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
+from vlm.data import file_identity
 from vlm.devices import autocast
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,11 +104,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     from vlm.devices import resolve_device
 
     return torch.device(resolve_device(str(device)))
-
-
-def _file_identity(path: str | os.PathLike) -> str:
-    st = os.stat(path)
-    return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
 
 
 class OpenCLIPRetriever:
@@ -259,7 +255,7 @@ def _resolve_pretrained(arch: str, pretrained: str) -> tuple[dict[str, Any], str
 
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return {"pretrained": str(path)}, _file_identity(path)
+        return {"pretrained": str(path)}, file_identity(path)
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)

@@ -119,6 +119,19 @@ class _ErrorPolicy:
             )
 
 
+def file_identity(path: str | os.PathLike) -> str:
+    """``"<absolute path>|<size>|<mtime_ns>"``: what cache keys use to notice that a file changed.
+
+    Example:
+        >>> import tempfile
+        >>> f = tempfile.NamedTemporaryFile(delete=False); _ = f.write(b"abc"); f.close()
+        >>> file_identity(f.name).split("|")[1]
+        '3'
+    """
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+
 def check_image_file(path: str | os.PathLike) -> None:
     """Raise ``DatasetFormatError`` (field ``file_name``) if ``path`` is missing or Pillow cannot read it.
 

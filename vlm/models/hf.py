@@ -48,15 +48,13 @@ class HFCaptioner:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str = "cpu", dtype: Any = None) -> HFCaptioner:
         """Load model + processor from a local folder or (online) a hub id; offline hub ids fail fast."""
-        import os
-
         from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from vlm.pretrained import _hub_offline_reason
 
         local = Path(name_or_path)
         if not local.exists():
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or \
-                os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", "", "false")
-            if offline:
+            if _hub_offline_reason() is not None:
                 try:
                     from huggingface_hub import snapshot_download
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from vlm.models.lit import LiTConfig, LiTRetriever
+from vlm.train.mle import append_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
     from vlm.data import CaptionDataset, Record
@@ -308,10 +309,6 @@ def _data_identity(pairs: _Pairs, image_keys: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _append_jsonl(path: Path, obj: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(obj) + "\n")
-
 
 def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str | os.PathLike,
               feature_cache: str | os.PathLike | None = None, progress: bool = True,
@@ -427,7 +424,7 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}", scale=f"{model.logit_scale:.1f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
-            _append_jsonl(metrics_log, {"step": step, "loss": round(value, 6), "lr": sched.get_last_lr()[0],
+            append_jsonl(metrics_log, {"step": step, "loss": round(value, 6), "lr": sched.get_last_lr()[0],
                                         "logit_scale": round(model.logit_scale, 4)})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after_steps:
             save_checkpoint(ckpt_dir, model_state=model.trainable_state_dict(), optimizer=opt, scheduler=sched,

@@ -29,9 +29,10 @@ def feature_cache_key(encoder_name: str, kind: str, preprocessing: dict, files: 
     """
     h = hashlib.sha256()
     h.update(json.dumps({"encoder": encoder_name, "kind": kind, "pre": preprocessing}, sort_keys=True).encode())
+    from vlm.data import file_identity
+
     for f in files:
-        st = os.stat(f)
-        h.update(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update((file_identity(f) + "\n").encode())
     return h.hexdigest()[:24]
 
 
@@ -69,5 +70,6 @@ def cached_features(key: str, n: int, compute: Callable[[Sequence[int]], torch.T
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     save_file({"features": feats.contiguous()}, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors creates 0600 files; a shared cache must be readable by others
     os.replace(tmp, path)
     return feats

@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -195,7 +195,8 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if model._must_save(k) and k not in model._aliased_keys()}
 
 
-def _append_jsonl(path: Path, obj: dict) -> None:
+def append_jsonl(path: Path, obj: dict) -> None:
+    """Append one JSON line (metrics logs of the trainers)."""
     with path.open("a") as f:
         f.write(json.dumps(obj) + "\n")
 
@@ -321,7 +322,7 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
         bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if acc.is_main_process:
             rec = {"step": step, "epoch": epoch, "loss": round(loss_sum, 6), "lr": sched.get_last_lr()[0]}
-            _append_jsonl(metrics_log, rec)
+            append_jsonl(metrics_log, rec)
             if writer:
                 writer.add_scalar("train/loss", loss_sum, step)
         end_of_epoch = step % steps_per_epoch == 0
@@ -330,7 +331,7 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
                 or step == total_steps):
             last_eval = evaluate(acc.unwrap_model(wrapped), eval_ds, eval_feats, cfg, metrics_fn=metrics_fn)
             if acc.is_main_process:
-                _append_jsonl(metrics_log, {"step": step, "eval": last_eval})
+                append_jsonl(metrics_log, {"step": step, "eval": last_eval})
                 if writer:
                     for k, v in last_eval.items():
                         writer.add_scalar(f"eval/{k}", v, step)
