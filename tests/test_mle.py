@@ -43,6 +43,22 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(world_dir):
     assert len(model.generate(features=torch.zeros(2, model.image_encoder.num_features), max_new_tokens=4)) == 2
     saved = json.loads((world_dir / "run" / "final" / "training_config.json").read_text())
     assert saved["model"] == "prefix-tiny"
+    n_test = sum(r.get("split") == "test" for r in map(json.loads, (world_dir / "world" / "metadata.jsonl").open()))
+    assert summary["test"]["images"] == n_test > 0 and 0 < summary["test"]["test_loss"] < 6.0
+
+
+def test_caption_cli_scores_a_trained_model_on_the_test_split(world_dir, capsys):
+    from vlm.caption import main
+
+    if not (world_dir / "run" / "final").is_dir():
+        train_mle(_cfg(world_dir, "run"))
+    preds = world_dir / "preds.json"
+    assert main(["--model", str(world_dir / "run" / "final"), "--data", str(world_dir / "world"), "--split", "test",
+                 "--max-new-tokens", "6", "--num-beams", "1", "--out", str(preds), "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    written = json.loads(preds.read_text())
+    assert out["images"] == len(written) > 0 and all(isinstance(c, str) and c for c in written.values())
+    assert 0.0 <= out["hallucination_rate"] <= 1.0 and out["facts_per_caption"] >= 0 and "CIDEr" in out
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(world_dir):

@@ -4,6 +4,7 @@ Subcommands:
   world        write a built-in world dataset (``--preset``: captioning, tida-biased, truematch, vqa, finegrained)
   pretrained   list or check the pretrained components (``list`` / ``check``)
   train        MLE training of a captioner (``--config vlm/configs/mle-world-small.yaml``)
+  caption      caption a dataset split with a trained model and score it (``--model DIR --data DIR``)
   boost        Visual Caption Boosting of a dataset's captions (``--data DIR --out DIR``)
   train-retriever  train the offline retriever (LiT: EfficientNet-Lite0 + MiniLM) on the world
 """
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with their own parsers: name -> (module, help).
 _DELEGATED = {
     "train": ("vlm.train.mle", "MLE training of a captioner from a YAML config (accelerate launch works too)"),
+    "caption": ("vlm.caption", "caption a dataset split with a trained captioner; caption metrics + world facts"),
     "boost": ("vlm.boost", "Visual Caption Boosting: blend reference captions into anchored fine-grained ones"),
     "train-retriever": ("vlm.train.contrastive", "train the offline LiT retriever on the world and evaluate it"),
 }

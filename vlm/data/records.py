@@ -266,6 +266,11 @@ class CaptionDataset:
         with Image.open(self.path(i)) as im:
             return im.convert("RGB")
 
+    def subset(self, indices: Iterable[int]) -> CaptionDataset:
+        """A dataset of the records at ``indices``, in that order."""
+        return CaptionDataset(self.root, [self.records[i] for i in indices], class_names=self.class_names,
+                              skipped=list(self.skipped))
+
     def filter_split(self, split: str | Iterable[str]) -> CaptionDataset:
         """A dataset holding only the records whose ``split`` is ``split`` (or one of several names)."""
         wanted = {split} if isinstance(split, str) else set(split)

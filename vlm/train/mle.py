@@ -47,6 +47,11 @@ class MLEConfig:
     """Split of ``train_data`` to train on."""
     eval_split: str = "val"
     """Split of ``train_data`` to evaluate on (empty string: no evaluation)."""
+    test_split: str = "test"
+    """Split scored once at the end (loss + caption metrics of up to ``test_images`` images) into
+    ``summary.json["test"]`` (empty string, or a split the data lacks: skipped)."""
+    test_images: int = 1000
+    """Test images used for generated-caption metrics."""
     world_preset: str = "captioning"
     """World preset when ``train_data`` is ``world``."""
     world_n: int = 3000
@@ -347,9 +352,18 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
     bar.close()
     acc.wait_for_everyone()
     final = acc.unwrap_model(wrapped)
+    train_time = round(time.perf_counter() - t_start, 1)
+    test_eval: dict = {}
+    test_ds = full.filter_split(cfg.test_split) if cfg.test_split else None
+    if test_ds is not None and len(test_ds) and acc.is_main_process:
+        test_feats = _features_for(final, test_ds, progress=cfg.progress) if frozen_encoder else None
+        test_eval = evaluate(final, test_ds, test_feats, dataclasses.replace(cfg, eval_images=cfg.test_images),
+                             metrics_fn=metrics_fn)
+        test_eval = {("test_loss" if k == "val_loss" else k): v for k, v in test_eval.items()}
+        test_eval["images"] = min(cfg.test_images, len(test_ds))
     summary = {"steps": step, "examples": len(examples), "train_images": len(train_ds),
-               "wall_time_s": round(time.perf_counter() - t_start, 1), "eval": last_eval,
-               "final_train_loss": running}
+               "wall_time_s": train_time, "eval": last_eval, "test": test_eval,
+               "total_time_s": round(time.perf_counter() - t_start, 1), "final_train_loss": running}
     if acc.is_main_process:
         final.save_pretrained(out / "final")
         (out / "final" / "training_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
