@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from vlm.boost import BoostResult, boost_captions, boost_dataset, content_words, merge_captions, unanchored_words
+from vlm.boost import (BoostResult, anchoring_violations, boost_captions, boost_dataset, boost_messages, content_words,
+                       merge_captions, unanchored_words, unbound_phrases)
 
 
 def test_content_words_singularise_and_drop_function_words():
@@ -15,6 +16,38 @@ def test_anchoring_flags_only_words_absent_from_every_source():
     sources = ["Two red circles.", "A circle on the grass.", "A woman in a kitchen."]
     assert unanchored_words("Two red circles on the grass and a woman in a kitchen.", sources) == set()
     assert unanchored_words("Three blue circles near a dog.", sources) == {"three", "blue", "dog"}
+
+
+@pytest.mark.parametrize("candidate,expected", [
+    ("Two large purple circles and three small black circles on a beach.", []),  # a faithful blend
+    ("Purple circles and small circles on a beach.", []),  # dropping modifiers is allowed
+    ("Three purple circles on a beach.", ["three purple circle"]),  # count moved to the other group
+    ("Two black circles on a beach.", ["two black circle"]),  # colour moved to the other group
+    ("Large black circles.", ["large black circle"]),  # size moved
+    ("Two large purple circles near a tree.", ["tree"]),  # a word no source has: reported alone
+])
+def test_anchoring_catches_attribute_and_count_binding_errors(candidate, expected):
+    sources = ["Two circles and three circles on a beach.",
+               "A picture of two large purple circles and three small black circles on a beach."]
+    assert anchoring_violations(candidate, sources) == expected
+    assert unbound_phrases(candidate, sources) == [e for e in expected if " " in e]
+
+
+def test_blends_that_drop_details_are_rejected_when_asked():
+    src = [["Two red circles.", "Two large red circles on the grass."]]
+    lm = ScriptedLM(["Two red circles.", "Two red circles."])
+    short = boost_captions(src, lm=lm, batch_size=1)[0]
+    assert short.source == "merge" and short.unanchored == ["<fewer details: 3 < 5>"]
+    assert short.caption == "Two large red circles on the grass."
+    assert boost_captions(src, lm=lm, batch_size=1, min_detail=0)[0].source == "llm"
+
+
+def test_prompt_carries_one_worked_example_unless_disabled():
+    msgs = boost_messages(["A red circle.", "Two circles."])
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    assert "- A red circle.\n- Two circles." in msgs[-1]["content"]
+    assert anchoring_violations(msgs[1]["content"], msgs[0]["content"].splitlines()) == []  # the example is anchored
+    assert len(boost_messages(["A red circle."], few_shot=False)) == 1
 
 
 def test_merge_keeps_the_richest_caption_and_adds_only_new_facts():
