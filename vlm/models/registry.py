@@ -1,8 +1,8 @@
 """Models found by name: small JSON files in ``vlm/model_configs/``, like open_clip's model configs.
 
 ``list_models()`` names them; ``create_captioner(name)`` builds one (random trainable parts, pretrained
-frozen parts); a folder saved with ``save_pretrained`` or a Hugging Face image-to-text model (``hf:<id or
-folder>``) load through the same call.
+frozen parts; ``hf-tiny-*``: a tiny random Hugging Face model of one family, for tests); a folder saved with
+``save_pretrained`` or a Hugging Face image-to-text model (``hf:<id or folder>``) load through the same call.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ def _configs() -> dict[str, dict]:
 
 
 def list_models(kind: str | None = None) -> list[str]:
-    """Names of the shipped model configs (optionally of one ``kind``, e.g. ``"prefix"``).
+    """Names of the shipped model configs (optionally of one ``kind``: ``"prefix"``, ``"hf-tiny"`` ...).
 
     Example:
         >>> "prefix-small" in list_models()
         True
+        >>> list_models(kind="hf-tiny")[:2]
+        ['hf-tiny-blip', 'hf-tiny-git']
     """
     return [n for n, d in _configs().items() if kind is None or d["kind"] == kind]
 
@@ -51,8 +53,9 @@ def create_captioner(name: str, *, tokenizer: Any = None, train_texts: list[str]
     """A captioner from a shipped name, a saved folder, or ``hf:<hub id or folder>``.
 
     Args:
-        name: ``list_models()`` name (new model), a folder saved by ``save_pretrained`` (trained model),
-            or ``hf:<id>`` for a transformers image-to-text model.
+        name: ``list_models()`` name (new model: ``prefix-*`` or a tiny random Hugging Face model
+            ``hf-tiny-*``), a folder saved by ``save_pretrained`` (trained model), or ``hf:<id>`` for a
+            transformers image-to-text model.
         tokenizer: for from-scratch LMs, the tokenizer to use; or
         train_texts: captions to train a byte-level BPE of ``vocab_size`` on (from-scratch LMs).
         seed: initialisation seed.
@@ -63,6 +66,8 @@ def create_captioner(name: str, *, tokenizer: Any = None, train_texts: list[str]
         >>> m = create_captioner("prefix-tiny", train_texts=["a red circle.", "two squares."] * 10, vocab_size=280)
         >>> type(m).__name__
         'PrefixCaptioner'
+        >>> type(create_captioner("hf-tiny-git").model).__name__
+        'GitForCausalLM'
     """
     from vlm.models.hf import HFCaptioner
     from vlm.models.prefix import PrefixCaptioner, PrefixCaptionerConfig, build_prefix_captioner
@@ -75,6 +80,15 @@ def create_captioner(name: str, *, tokenizer: Any = None, train_texts: list[str]
             return PrefixCaptioner.from_pretrained(path, device=device)
         return HFCaptioner.from_pretrained(path, device=device)
     d = model_config(name)
+    if d["kind"] == "hf-tiny":
+        from vlm.models.hf_tiny import build_tiny_hf_captioner
+
+        cfg = {**d["config"], **overrides}
+        unknown = set(cfg) - {"family"}
+        if unknown:
+            raise ValueError(f"{name}: unknown hf-tiny config keys {sorted(unknown)} (in "
+                             f"{CONFIG_DIR / (name + '.json')} or the overrides); only 'family' is allowed")
+        return build_tiny_hf_captioner(cfg["family"], seed=seed, device=device)
     if d["kind"] != "prefix":
         raise ValueError(f"model {name!r} is a {d['kind']}, not a captioner")
     cfg = PrefixCaptionerConfig.from_dict({**d["config"], **overrides})
