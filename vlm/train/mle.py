@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m vlm train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML file of MLEConfig fields (see vlm/configs/)")
+    p.add_argument("--config", required=True,
+                   help="YAML file of MLEConfig fields, or SRConfig fields with 'method: sr' (see vlm/configs/)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override fields (YAML values)")
     args = p.parse_args(argv)
     overrides = {}
@@ -425,7 +426,23 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k] = yaml.safe_load(v)
-    cfg = MLEConfig.from_yaml(args.config, **overrides)
+    raw = yaml.safe_load(Path(args.config).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise SystemExit(f"error: {args.config}: expected a mapping of config fields")
+    method = {**raw, **overrides}.get("method", "mle")
+    if method == "sr":  # self-retrieval fine-tuning (vlm.train.sr)
+        from vlm.train.sr import SRConfig, train_sr
+
+        sr_cfg = SRConfig.from_dict({**raw, **overrides}, source=args.config)
+        summary = train_sr(sr_cfg)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(summary, indent=2))
+        return 0
+    if method != "mle":
+        raise SystemExit(f"error: {args.config}: unknown method {method!r} (mle or sr)")
+    overrides.pop("method", None)
+    raw.pop("method", None)
+    cfg = MLEConfig.from_dict({**raw, **overrides}, source=args.config)
     from vlm.metrics import caption_scores as metrics_fn
 
     summary = train_mle(cfg, metrics_fn=metrics_fn)
