@@ -91,7 +91,16 @@ def test_shipped_configs_load():
     for c in configs:
         first = c.read_text().splitlines()[0]
         assert first.startswith("# python -m vlm train --config"), c  # each config says how to run it
-        MLEConfig.from_yaml(c)
+        import yaml
+
+        from vlm.train.sr import SRConfig
+
+        raw = yaml.safe_load(c.read_text())
+        if raw.get("method") == "sr":
+            SRConfig.from_dict(raw, source=str(c))
+        else:
+            MLEConfig.from_yaml(c)
+    assert {"sr-bagcurri.yaml", "sr-random.yaml"} <= {c.name for c in configs}
 
 
 def test_warmup_cosine_schedule():
