@@ -17,8 +17,10 @@ from typing import Any
 
 
 def caption_records(model: Any, ds: Any, *, limit: int | None = None, num_beams: int = 3, max_new_tokens: int = 30,
-                    batch_size: int = 64, progress: bool = True) -> dict[str, str]:
-    """``{record id: caption}`` for the first ``limit`` records of ``ds`` (a :class:`vlm.data.CaptionDataset`)."""
+                    batch_size: int = 64, progress: bool = True, **generate_kw: Any) -> dict[str, str]:
+    """``{record id: caption}`` for the first ``limit`` records of ``ds`` (a :class:`vlm.data.CaptionDataset`).
+
+    ``generate_kw`` go to the model's ``generate`` (e.g. ``stop_at_period=True``)."""
     n = min(limit, len(ds)) if limit else len(ds)
     ids = [str(ds[i].id if ds[i].id is not None else i) for i in range(n)]
     cfg = getattr(model, "config", None)
@@ -28,10 +30,10 @@ def caption_records(model: Any, ds: Any, *, limit: int | None = None, num_beams:
         sub = ds.subset(range(n)) if n < len(ds) else ds
         feats = _features_for(model, sub, progress=progress)
         preds = model.generate(features=feats, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size)
+                               batch_size=batch_size, **generate_kw)
     else:
         preds = model.generate([ds.image(i) for i in range(n)], num_beams=num_beams, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size)
+                               batch_size=batch_size, **generate_kw)
     return {k: p or "." for k, p in zip(ids, preds)}
 
 

@@ -1,0 +1,156 @@
+"""Does a bag curriculum make self-retrieval captions tell near-identical images apart? The whole comparison.
+
+``python -m benchmarks sr-bagcurri [--out runs/sr-bagcurri-compare] [--seeds 0 1 2]``
+
+1. MLE: the default small captioner (``vlm/configs/mle-world-small.yaml``) on the captioning world (reused
+   when ``OUT/mle/final`` exists).
+2. For each seed, two self-retrieval fine-tunings from it on a truematch-preset world: with the bag
+   curriculum (``vlm/configs/sr-bagcurri.yaml``) and with random in-batch distractors only
+   (``vlm/configs/sr-random.yaml``), same steps, same reward, same baseline. Finished runs are reused.
+3. Every model is scored with the TrueMatch protocol decoding (beam 5, at most 20 tokens, stop at the first
+   '.'): TrueMatch R@1 per bag size on a held-out truematch world (another seed, never trained on), and on
+   the MLE world's test split, CIDEr-D against the references, the hallucination rate against the scene
+   graphs, caption length and vocabulary size.
+
+The table (mean and spread over seeds) and the acceptance checks are written to ``OUT/sr_bagcurri.md`` and
+``.json``; the run is seeded end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "vlm" / "configs"
+
+
+def _load_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world: Path, retriever: Any,
+                       progress: bool = False) -> dict:
+    """TrueMatch R@1 per bag size + caption quality and faithfulness of one trained captioner."""
+    from benchmarks.truematch import _ProtocolDecoding, evaluate_truematch, load_world_bags
+    from vlm.caption import caption_records, score_predictions
+    from vlm.data import read_imagefolder
+    from vlm.models import create_captioner
+
+    model = create_captioner(str(model_dir))
+    tm = evaluate_truematch(load_world_bags(truematch_world), retriever, captioner=_ProtocolDecoding(model),
+                            progress=progress)
+    out = {k: round(v, 4) for k, v in tm.metrics.items() if k.startswith("R@1/bag") and v is not None}
+    test = read_imagefolder(caption_world, check_images=False).filter_split("test")
+    preds = caption_records(model, test, num_beams=5, max_new_tokens=20, progress=progress, stop_at_period=True)
+    scores = score_predictions(preds, test)
+    out.update({k: scores[k] for k in ("CIDEr", "Bleu_4", "facts_per_caption", "hallucination_rate",
+                                       "mean_length_words", "vocabulary")})
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run(out: Path, seeds: list[int], *, progress: bool = True) -> dict:
+    from vlm.metrics import caption_scores
+    from vlm.retrieval import load_retriever
+    from vlm.train.mle import MLEConfig, train_mle
+    from vlm.train.sr import SRConfig, train_sr
+    from vlm.world import generate_world
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    mle_cfg = MLEConfig.from_yaml(CONFIGS / "mle-world-small.yaml", out_dir=str(out / "mle"), progress=progress)
+    if not (out / "mle" / "final" / "config.json").is_file():
+        t = time.perf_counter()
+        train_mle(mle_cfg, metrics_fn=caption_scores)
+        timings["mle_s"] = round(time.perf_counter() - t, 1)
+    sr_world = out / "sr-world"
+    base = _load_yaml(CONFIGS / "sr-bagcurri.yaml")
+    if not (sr_world / "metadata.jsonl").is_file():
+        generate_world(sr_world, n=base["world_n"], seed=base["world_seed"], preset="truematch", progress=progress)
+    eval_world = out / "truematch-eval"
+    if not (eval_world / "metadata.jsonl").is_file():
+        generate_world(eval_world, n=1500, seed=base["world_seed"] + 100, preset="truematch", progress=progress)
+    runs: dict[str, list[Path]] = {"sr-random": [], "sr-bagcurri": []}
+    for seed in seeds:
+        for variant in runs:
+            d = _load_yaml(CONFIGS / f"{variant}.yaml")
+            d.update(init_model=str(out / "mle" / "final"), train_data=str(sr_world), seed=seed,
+                     out_dir=str(out / f"{variant}-s{seed}"), progress=progress)
+            run_dir = Path(d["out_dir"])
+            if not (run_dir / "summary.json").is_file():
+                t = time.perf_counter()
+                train_sr(SRConfig.from_dict(d, source=f"{variant}.yaml"))
+                timings[f"{variant}-s{seed}_s"] = round(time.perf_counter() - t, 1)
+            runs[variant].append(run_dir / "final")
+    retriever = load_retriever(base["retriever"])
+    scores: dict[str, list[dict]] = {"mle": [evaluate_captioner(out / "mle" / "final", truematch_world=eval_world,
+                                                                 caption_world=out / "mle" / "world",
+                                                                 retriever=retriever, progress=progress)]}
+    for variant, dirs in runs.items():
+        scores[variant] = [evaluate_captioner(p, truematch_world=eval_world, caption_world=out / "mle" / "world",
+                                              retriever=retriever, progress=progress) for p in dirs]
+    table = {}
+    for name, rows in scores.items():
+        table[name] = {k: _mean_std([r[k] for r in rows]) for k in rows[0]}
+    r5 = {k: table[k]["R@1/bag5"][0] for k in table}
+    checks = {
+        "bagcurri_vs_mle_R@1_bag5_points": round(100 * (r5["sr-bagcurri"] - r5["mle"]), 2),
+        "bagcurri_vs_random_R@1_bag5_points": round(100 * (r5["sr-bagcurri"] - r5["sr-random"]), 2),
+        "hallucination_rise_points": round(100 * (table["sr-bagcurri"]["hallucination_rate"][0]
+                                                  - table["mle"]["hallucination_rate"][0]), 2),
+        "cider_relative_change_pct": round(100 * (table["sr-bagcurri"]["CIDEr"][0] / table["mle"]["CIDEr"][0] - 1), 2),
+    }
+    checks["pass"] = {
+        "R@1_bag5_+10_over_mle": checks["bagcurri_vs_mle_R@1_bag5_points"] >= 10,
+        "R@1_bag5_+3_over_random": checks["bagcurri_vs_random_R@1_bag5_points"] >= 3,
+        "hallucination_rise_<=2": checks["hallucination_rise_points"] <= 2,
+        "cider_drop_<=15%": checks["cider_relative_change_pct"] >= -15,
+    }
+    wall = round(time.perf_counter() - t0, 1)
+    result = {"seeds": seeds, "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()}
+                                        for k, v in table.items()},
+              "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall}
+    (out / "sr_bagcurri.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "sr_bagcurri.md").write_text(markdown_table(result) + "\n")
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    """The comparison as a Markdown table (mean ± spread over seeds)."""
+    cols = ["R@1/bag3", "R@1/bag5", "R@1/bag7", "CIDEr", "hallucination_rate", "mean_length_words", "vocabulary"]
+    head = "| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+    rows = []
+    names = {"mle": "MLE", "sr-random": "SR, random distractors", "sr-bagcurri": "SR + BagCurri"}
+    for k, v in result["table"].items():
+        cells = []
+        for c in cols:
+            m, s = v[c]
+            pct = c.startswith("R@1") or c == "hallucination_rate"
+            cells.append(f"{100 * m:.1f} ± {100 * s:.1f}" if pct else f"{m:.3f} ± {s:.3f}" if c == "CIDEr"
+                         else f"{m:.1f} ± {s:.1f}")
+        rows.append(f"| {names.get(k, k)} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + f"\n\nseeds {result['seeds']}; wall time {result['wall_time_s']:.0f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks sr-bagcurri", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/sr-bagcurri-compare")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    result = run(Path(args.out), args.seeds, progress=not args.quiet)
+    print(markdown_table(result))
+    print(json.dumps(result["checks"], indent=2))
+    return 0
