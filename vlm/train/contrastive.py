@@ -98,6 +98,10 @@ class LiTTrainConfig:
     """Probability of training on an image's ``dense_caption`` rather than one of its human captions: the
     exhaustive caption is what RD100/TrueMatch query with; the human ones teach terse text. Images without a
     dense caption always use a human caption."""
+    bag_fraction: float = 0.0
+    """Share of each batch filled with whole near-duplicate bags (world records with a ``bag`` field), so
+    that images differing in one detail are each other's in-batch negatives (hard negatives); the rest of
+    the batch is drawn at random."""
     splits: tuple[str, ...] = ()
     """Train on records of these splits only (empty: every record)."""
     seed: int = 0
@@ -124,6 +128,8 @@ class LiTTrainConfig:
                 raise ValueError(f"LiTTrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0 or self.text_lr <= 0:
             raise ValueError(f"LiTTrainConfig: lr and text_lr must be > 0, got {self.lr}, {self.text_lr}")
+        if not 0.0 <= self.bag_fraction <= 1.0:
+            raise ValueError(f"LiTTrainConfig.bag_fraction must be in [0, 1], got {self.bag_fraction}")
         if not 0.0 <= self.dense_prob <= 1.0:
             raise ValueError(f"LiTTrainConfig.dense_prob must be in [0, 1], got {self.dense_prob}")
 
@@ -199,6 +205,45 @@ def _pairs(datasets: list[CaptionDataset], splits: tuple[str, ...]) -> _Pairs:
         human=torch.tensor([[index[t] for t in hs] + [-1] * (width - len(hs)) for hs in human]),
         n_human=torch.tensor([len(hs) for hs in human]),
     )
+
+
+def _bag_groups(pairs: _Pairs) -> list[torch.Tensor]:
+    """Row indices of each complete near-duplicate bag among the training pairs."""
+    groups: dict[tuple, list[int]] = {}
+    sizes: dict[tuple, int] = {}
+    for row, (d, i) in enumerate(pairs.rows):
+        bag = pairs.datasets[d][i].extra.get("bag")
+        if isinstance(bag, dict) and "id" in bag:
+            key = (d, str(bag["id"]))
+            groups.setdefault(key, []).append(row)
+            sizes[key] = int(bag.get("size", 0))
+    return [torch.tensor(rows) for key, rows in sorted(groups.items()) if len(rows) == sizes[key] >= 2]
+
+
+def _draw_batch(n: int, batch: int, bags: list[torch.Tensor], fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """``batch`` distinct rows: whole bags up to ``fraction`` of the batch, then random rows.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> b = _draw_batch(20, 8, [torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])], 0.75, g)
+        >>> len(set(b.tolist())), {0, 1, 2, 3, 4, 5} <= set(b.tolist())
+        (8, True)
+    """
+    if not bags or fraction <= 0:
+        return torch.randperm(n, generator=gen)[:batch]
+    chosen: list[int] = []
+    want = int(round(batch * fraction))
+    for b in torch.randperm(len(bags), generator=gen).tolist():
+        if len(chosen) + len(bags[b]) > want:
+            continue
+        chosen.extend(bags[b].tolist())
+        if len(chosen) >= want:
+            break
+    taken = torch.zeros(n, dtype=torch.bool)
+    taken[chosen] = True
+    rest = torch.randperm(n, generator=gen)
+    rest = rest[~taken[rest]][: batch - len(chosen)]
+    return torch.cat([torch.tensor(chosen, dtype=torch.long), rest])
 
 
 def image_feature_table(model: LiTRetriever, dataset: CaptionDataset, *, batch_size: int = 64,
@@ -394,6 +439,10 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
 
     n = len(pairs.rows)
     batch = min(cfg.batch_size, n)
+    bags = _bag_groups(pairs) if cfg.bag_fraction else []
+    if cfg.bag_fraction and not bags:
+        raise ValueError("LiTTrainConfig.bag_fraction > 0 but no training record has a complete 'bag' "
+                         "(train on a truematch-preset world)")
     params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="train LiT", disable=not progress)
@@ -401,7 +450,7 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
     while step < cfg.steps:
         # The batch of step s depends on (seed, s) alone, so a resumed run draws the same batches.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randperm(n, generator=gen)[:batch]  # (B,) distinct images
+        idx = _draw_batch(n, batch, bags, cfg.bag_fraction, gen)  # (B,) distinct images
         pick = (torch.rand(batch, generator=gen) * pairs.n_human[idx]).long()
         caption = pairs.human[idx, pick]  # (B,) one human caption each
         use_dense = (torch.rand(batch, generator=gen) < cfg.dense_prob) & (pairs.dense[idx] >= 0)
@@ -739,6 +788,8 @@ def _build_parser():
     p.add_argument("--image-size", type=int, default=None, help="encoder input size in pixels (default 224)")
     p.add_argument("--unfreeze-text-layers", type=int, default=None, help="MiniLM top layers to train (default 0)")
     p.add_argument("--dense-prob", type=float, default=None, help="probability of the dense caption (default 0.5)")
+    p.add_argument("--bag-fraction", type=float, default=None,
+                   help="share of each batch made of whole near-duplicate bags (hard negatives)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return p
@@ -768,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
             over["steps"] = args.steps
         if args.dense_prob is not None:
             over["dense_prob"] = args.dense_prob
+        if args.bag_fraction is not None:
+            over["bag_fraction"] = args.bag_fraction
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_over), **over)
         results = run_train_retriever(Path(args.out), cfg, n_images=args.n_images, eval_images=args.eval_images,
                                       progress=progress)
