@@ -32,13 +32,14 @@ from augment.editors.base import (EditNotApplicable, EditRequest, EditResult, Im
                                   stable_seed)
 from augment.editors.diffusion import (DEFAULT_INPAINT_MODEL, DEFAULT_PIX2PIX_MODEL, DEFAULT_TEXT2IMAGE_MODEL,
                                        DiffusionEditor, InpaintEditor, InstructPix2PixEditor, RegenerateEditor)
-from augment.editors.scene import SCENE_SKILLS, SceneEditor, apply_scene_edit, resolve_phrase, world_render_seed
+from augment.editors.scene import (SCENE_SKILLS, SceneEditor, apply_scene_edit, dress_for_world, garment_clash,
+                                   resolve_phrase, world_render_seed)
 from augment.editors.segment import DEFAULT_CLIPSEG, CLIPSegSegmenter, Segmenter, as_segmenter
 
 __all__ = [
     "CLIPSegSegmenter", "DEFAULT_CLIPSEG", "DEFAULT_INPAINT_MODEL", "DEFAULT_PIX2PIX_MODEL",
     "DEFAULT_TEXT2IMAGE_MODEL", "DiffusionEditor", "EditNotApplicable", "EditRequest", "EditResult",
     "ImageEditor", "InpaintEditor", "InstructPix2PixEditor", "RegenerateEditor", "SCENE_SKILLS", "SceneEditor",
-    "Segmenter", "apply_scene_edit", "as_mask", "as_segmenter", "mask_image", "resolve_phrase", "stable_seed",
-    "world_render_seed",
+    "Segmenter", "apply_scene_edit", "as_mask", "as_segmenter", "dress_for_world", "garment_clash", "mask_image",
+    "resolve_phrase", "stable_seed", "world_render_seed",
 ]

@@ -205,6 +205,66 @@ def _wearer(phrase_tokens: list[str], caption: str) -> _Ref | None:
     return None
 
 
+def _garment_wearers(caption: str):
+    """``(token span, garment word, garment phrase, wearer ref)`` of each "<person> in <garment>" of a caption."""
+    low = caption.lower()
+    spans = [(m.start(), m.end()) for m in _TOKEN.finditer(low)]
+    tokens = [low[a:b] for a, b in spans]
+    for t, word in enumerate(tokens):
+        if word not in _GARMENTS:
+            continue
+        k = next((k for k in range(t - 1, max(t - 5, 0), -1) if tokens[k] == "in"), None)
+        if k is None:
+            continue
+        phrase = tokens[k + 1:t + 1]
+        try:
+            person = _wearer(phrase, caption)
+        except EditNotApplicable:
+            continue
+        if person is not None and person.value is not None:
+            yield spans[t], word, " ".join(phrase), person
+
+
+def garment_clash(caption: str) -> str | None:
+    """What is wrong when a caption dresses a person in the other gender's garment, else None.
+
+    The world draws women in dresses and men in shirts, and a gender edit swaps the person noun only ("A woman
+    in a red dress" -> "A man in a red dress"); the fact checker reads colours, not garments, so this catches it.
+
+    Example:
+        >>> garment_clash("Two men in red dresses and a circle."), garment_clash("A man in a red shirt.")
+        ("dresses 'two men' in 'red dresses' (the world draws men in shirts)", None)
+    """
+    for _, word, phrase, person in _garment_wearers(caption):
+        if person.value != _GARMENTS[word][0]:
+            who, worn = ("men", "shirts") if person.value == "man" else ("women", "dresses")
+            return f"dresses {person.text!r} in {phrase!r} (the world draws {who} in {worn})"
+    return None
+
+
+_WORLD_GARMENT = {("man", False): "shirt", ("man", True): "shirts", ("woman", False): "dress",
+                  ("woman", True): "dresses"}
+
+
+def dress_for_world(caption: str) -> str:
+    """The caption with each garment its wearer cannot wear in the world swapped for the right one, in the same
+    case: what a gender edit of a world caption needs (see :func:`garment_clash`).
+
+    Example:
+        >>> dress_for_world("Two men in white dresses and a girl in a red dress.")
+        'Two men in white shirts and a girl in a red dress.'
+    """
+    out, pos = [], 0
+    for (a, b), word, _, person in _garment_wearers(caption):
+        right = _WORLD_GARMENT[(person.value, _GARMENTS[word][1])]
+        if right != word:
+            old = caption[a:b]
+            out += [caption[pos:a], right.upper() if old.isupper() and len(old) > 1 else
+                    right[:1].upper() + right[1:] if old[:1].isupper() else right]
+            pos = b
+    return "".join(out) + caption[pos:]
+
+
 def _groups(scene) -> dict[tuple, list[int]]:
     out: dict[tuple, list[int]] = {}
     for i, t in enumerate(scene.things):
@@ -386,6 +446,9 @@ class SceneEditor(ImageEditor):
         allow_merge: see :func:`apply_scene_edit`.
         check_captions: skip edits after which the target caption is untrue of the edited scene
             (:func:`vlm.world.facts.score_caption`).
+        check_garments: also skip edits whose target caption dresses a person in the other gender's garment
+            ("A man in a red dress": the world draws men in shirts; see :func:`garment_clash`). The TIDA job
+            turns it on; off by default.
         seed: the seed of edits without one (positions of added things, which things to remove).
 
     Example:
@@ -399,12 +462,14 @@ class SceneEditor(ImageEditor):
     name = "scene"
 
     def __init__(self, *, image_size: int = 224, render_seed: int | None = 0, supersample: int = 2,
-                 allow_merge: bool = False, check_captions: bool = True, seed: int = 0) -> None:
+                 allow_merge: bool = False, check_captions: bool = True, check_garments: bool = False,
+                 seed: int = 0) -> None:
         self.image_size = image_size
         self.render_seed = render_seed
         self.supersample = supersample
         self.allow_merge = allow_merge
         self.check_captions = check_captions
+        self.check_garments = check_garments
         self.seed = seed
 
     def edit(self, images: Sequence[Any], source_captions: Sequence[str], target_captions: Sequence[str], *,
@@ -454,6 +519,9 @@ class SceneEditor(ImageEditor):
                                and f not in wrong_before]
                 if wrong_after:
                     raise EditNotApplicable(f"the target caption would be untrue of the edited scene: {wrong_after}")
+                clash = garment_clash(item.target) if self.check_garments else None
+                if clash:
+                    raise EditNotApplicable(f"the target caption {clash}")
             after = np.asarray(render(edited, size, supersample=self.supersample, jitter_seed=render_seed))
             # Stored scenes round positions to 1e-4, so a re-render may differ from the input on a few edge
             # pixels: keep the input everywhere but where the edit changed something (and a 1 px rim).
