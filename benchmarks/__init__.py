@@ -3,8 +3,9 @@ scene graphs, speed measurements, and the default job.
 
 Names load lazily (``import benchmarks`` pulls in no torch), from these modules:
 :mod:`benchmarks.captions`, :mod:`benchmarks.truematch`, :mod:`benchmarks.recognition`,
-:mod:`benchmarks.flickr`, :mod:`benchmarks.hallucination`, :mod:`benchmarks.speed`, :mod:`benchmarks.report`,
-:mod:`benchmarks.probe`, :mod:`benchmarks.pipeline`.
+:mod:`benchmarks.flickr`, :mod:`benchmarks.hallucination`, :mod:`benchmarks.skills_world`,
+:mod:`benchmarks.tida_compare`, :mod:`benchmarks.speed`, :mod:`benchmarks.report`, :mod:`benchmarks.probe`,
+:mod:`benchmarks.pipeline`.
 
 Example:
     >>> from benchmarks import compute_caption_metrics
@@ -25,6 +26,8 @@ _EXPORTS = {
                                "classification_metrics", "extract_features"],
     "benchmarks.flickr": ["load_karpathy_split", "caption_dataset"],
     "benchmarks.hallucination": ["fact_scores"],
+    "benchmarks.skills_world": ["skill_scores", "skill_verdicts"],
+    "benchmarks.tida_compare": ["TIDACompareConfig"],
     "benchmarks.speed": ["world_speed", "generation_speed", "cached_features_speed"],
     "benchmarks.report": ["write_results", "package_versions", "markdown_table"],
     "benchmarks.probe": ["linear_probe", "fit_linear_classifier", "select_weight_decay", "ridge_map"],

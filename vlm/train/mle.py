@@ -3,7 +3,8 @@
 One loop for a CPU, one GPU, or many (``accelerate launch ... -m vlm train --config ...``: DDP, FSDP,
 DeepSpeed, multi-node). What it does, in order:
 
-1. resolve the data (a dataset folder, or ``world`` to generate the built-in world into the run folder);
+1. resolve the data (a dataset folder, or ``world`` to generate the built-in world into the run folder, plus
+   the ``extra_train_data`` folders whose training records are added, e.g. TIDA's augmented pairs);
 2. build the captioner (``vlm.models.create_captioner``; from-scratch LMs get a BPE trained on the
    training captions);
 3. compute the frozen encoder's features once, cached on disk (``vlm.train.features``);
@@ -43,6 +44,10 @@ class MLEConfig:
     """Config fields of the model to change, e.g. ``{prefix_length: 4}``."""
     train_data: str = "world"
     """A dataset folder (imagefolder + metadata.jsonl), or ``world`` to generate one into ``out_dir/world``."""
+    extra_train_data: list[str] = field(default_factory=list)
+    """More dataset folders whose ``train_split`` records are trained on together with those of ``train_data``
+    (e.g. a ``python -m augment tida`` output: originals + counterfactual pairs); each record's image is found
+    in its own folder. Evaluation and test splits come from ``train_data`` alone."""
     train_split: str = "train"
     """Split of ``train_data`` to train on."""
     eval_split: str = "val"
@@ -103,6 +108,14 @@ class MLEConfig:
     """Show a progress bar."""
 
     def __post_init__(self):
+        if isinstance(self.extra_train_data, (str, Path)):
+            self.extra_train_data = [self.extra_train_data]
+        if not isinstance(self.extra_train_data, (list, tuple)):
+            raise ValueError("MLEConfig.extra_train_data must be a list of dataset folders, got "
+                             f"{self.extra_train_data!r}")
+        self.extra_train_data = [str(d) for d in self.extra_train_data]
+        if "world" in self.extra_train_data:
+            raise ValueError("MLEConfig.extra_train_data: 'world' is generated only as train_data; list folders here")
         if self.captions not in ("human", "dense") and not self.captions.startswith("field:"):
             raise ValueError(f"MLEConfig.captions must be 'human', 'dense' or 'field:NAME', got {self.captions!r}")
         if self.mixed_precision not in ("auto", "no", "bf16"):
@@ -150,6 +163,70 @@ def resolve_dataset(cfg: MLEConfig, *, is_main: bool = True):
     else:
         root = Path(cfg.train_data)
     return root, read_imagefolder
+
+
+class ConcatCaptionDataset:
+    """Several :class:`vlm.data.CaptionDataset` read as one: records in order, each image in its own root.
+
+    Has what training and feature caching use: ``len``, indexing, iteration, ``path(i)`` and ``image(i)``.
+
+    Example:
+        >>> from vlm.data import CaptionDataset, Record
+        >>> a = CaptionDataset("A", [Record("images/0.png", ["a red circle"])])
+        >>> b = CaptionDataset("B", [Record("images/0.png", ["a blue circle"])])
+        >>> ds = ConcatCaptionDataset([a, b])
+        >>> len(ds), ds[1].captions, ds.path(1).as_posix()
+        (2, ['a blue circle'], 'B/images/0.png')
+    """
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self._where = [(k, i) for k, part in enumerate(self.parts) for i in range(len(part))]
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __getitem__(self, i: int):
+        k, j = self._where[i]
+        return self.parts[k][j]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def path(self, i: int) -> Path:
+        k, j = self._where[i]
+        return self.parts[k].path(j)
+
+    def image(self, i: int):
+        k, j = self._where[i]
+        return self.parts[k].image(j)
+
+
+def training_set(cfg: MLEConfig, full):
+    """The records trained on: ``cfg.train_split`` of ``full`` (read from ``train_data``), followed by that
+    split of every ``extra_train_data`` folder, each non-empty.
+
+    Example:
+        >>> import tempfile
+        >>> from vlm.data import read_imagefolder
+        >>> from vlm.world import generate_world
+        >>> a, b = (generate_world(tempfile.mkdtemp(), n=8, seed=s, image_size=16) for s in (0, 1))
+        >>> ds = training_set(MLEConfig(train_data=str(a), extra_train_data=[str(b)]), read_imagefolder(a))
+        >>> len(ds) == sum(r.split == "train" for f in (a, b) for r in read_imagefolder(f))
+        True
+    """
+    from vlm.data import read_imagefolder
+
+    parts = [full.filter_split(cfg.train_split)]
+    if len(parts[0]) == 0:
+        raise ValueError(f"{full.root}: no records in split {cfg.train_split!r}")
+    for folder in cfg.extra_train_data:
+        part = read_imagefolder(folder, check_images=False).filter_split(cfg.train_split)
+        if len(part) == 0:
+            raise ValueError(f"MLEConfig.extra_train_data: {folder} has no records in split {cfg.train_split!r}; "
+                             "train on that folder's split or drop it from the list")
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else ConcatCaptionDataset(parts)
 
 
 def targets_of(record, how: str) -> list[str]:
@@ -233,10 +310,8 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
     root, reader = resolve_dataset(cfg, is_main=acc.is_main_process)
     acc.wait_for_everyone()
     full = reader(root, check_images=False)
-    train_ds = full.filter_split(cfg.train_split)
+    train_ds = training_set(cfg, full)
     eval_ds = full.filter_split(cfg.eval_split) if cfg.eval_split else None
-    if len(train_ds) == 0:
-        raise ValueError(f"{root}: no records in split {cfg.train_split!r}")
 
     examples = [(i, c) for i in range(len(train_ds)) for c in targets_of(train_ds[i], cfg.captions)]
     texts = [c for _, c in examples]
@@ -361,7 +436,10 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
                              metrics_fn=metrics_fn)
         test_eval = {("test_loss" if k == "val_loss" else k): v for k, v in test_eval.items()}
         test_eval["images"] = min(cfg.test_images, len(test_ds))
+    per_folder = ({str(p.root): len(p) for p in train_ds.parts} if isinstance(train_ds, ConcatCaptionDataset)
+                  else {str(root): len(train_ds)})
     summary = {"steps": step, "examples": len(examples), "train_images": len(train_ds),
+               "train_images_per_folder": per_folder,
                "wall_time_s": train_time, "eval": last_eval, "test": test_eval,
                "total_time_s": round(time.perf_counter() - t_start, 1), "final_train_loss": running}
     if acc.is_main_process:
