@@ -422,6 +422,8 @@ class ImageEncoder(nn.Module):
         """``input_size`` (C, H, W), ``mean``, ``std``, ``crop_pct``, ``crop_mode``, ``interpolation``."""
         self.class_names = class_names
         self.name = name
+        self.cpu_chunk = 4
+        """Largest batch :meth:`features` runs at once on a CPU (0: no chunking)."""
 
     @property
     def num_features(self) -> int:
@@ -452,7 +454,14 @@ class ImageEncoder(nn.Module):
 
         The spatial map is what the backbone's ``forward_features`` returns: ``(B, C, H, W)`` for CNNs
         (``(B, 1280, 7, 7)`` for EfficientNet-Lite0 at 224 px); transformer backbones return tokens.
+        On a CPU, batches larger than :attr:`cpu_chunk` run in chunks of that size: the activations of a
+        large batch fall out of the CPU caches (on 2 cores, 64 EfficientNet-Lite0 images at 224 px took
+        1.19 s in one batch and 0.31-0.54 s in chunks of 4).
         """
+        chunk = self.cpu_chunk
+        if pixel_values.device.type == "cpu" and chunk and len(pixel_values) > chunk:
+            return torch.cat([self.features(pixel_values[i:i + chunk], kind)
+                              for i in range(0, len(pixel_values), chunk)])
         fmap = self.model.forward_features(pixel_values.contiguous(memory_format=torch.channels_last))
         if kind == "spatial":
             return fmap
