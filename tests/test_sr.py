@@ -215,7 +215,10 @@ def toy(tmp_path_factory):
         opt.step()
     model.save_pretrained(root / "init")
     register_retriever("palette", lambda rest, device="cpu": PaletteRetriever())
-    return root
+    yield root
+    from vlm.retrieval import _FACTORIES
+
+    _FACTORIES.pop("palette", None)  # other tests (and doctests) list the registered kinds
 
 
 def _sr_cfg(toy, name, **kw):

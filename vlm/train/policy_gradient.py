@@ -96,8 +96,8 @@ def policy_gradient_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: tor
     Example:
         >>> logp = torch.tensor([[-1.0, -3.0], [-2.0, 0.0]], requires_grad=True)
         >>> mask = torch.tensor([[True, True], [True, False]])
-        >>> policy_gradient_loss(logp, mask, torch.tensor([1.0, -1.0])).item()  # -(1*-2 + -1*-2)/2
-        0.0
+        >>> policy_gradient_loss(logp, mask, torch.tensor([2.0, -1.0])).item()  # -(2*-2 + -1*-2)/2
+        1.0
     """
     tok_mean = (logp * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
     return -(advantages.detach().to(tok_mean.dtype) * tok_mean).mean()
