@@ -131,3 +131,20 @@ def load_checkpoint(ckpt: str | Path, *, optimizer: torch.optim.Optimizer, sched
     if py:
         random.setstate((py[0], tuple(py[1]), py[2]))
     return model_state, state
+
+
+def trim_log(path: Path, step: int) -> None:
+    r"""Drop the JSONL lines of ``path`` logged after ``step`` (a resumed run logs them again).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+        >>> _ = p.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+        >>> trim_log(p, 2); p.read_text()
+        '{"step": 1}\n{"step": 2}\n'
+    """
+    from vlm.data import atomic_write_text
+
+    if path.exists():
+        kept = [ln for ln in path.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))

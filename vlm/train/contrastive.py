@@ -385,7 +385,7 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
     from tqdm import tqdm
 
     from vlm.data import atomic_write_text
-    from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
 
     cfg = config or LiTTrainConfig()
     out = Path(out_dir)
@@ -430,9 +430,7 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
         model.load_trainable_state_dict(state, source=str(ckpt / "model.safetensors"))
         step = int(tstate["step"])
         logger.info("resumed from %s at step %d", ckpt, step)
-        if metrics_log.exists():  # lines written after that checkpoint would otherwise appear twice
-            kept = [ln for ln in metrics_log.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
-            atomic_write_text(metrics_log, "".join(ln + "\n" for ln in kept))
+        trim_log(metrics_log, step)  # lines written after that checkpoint would otherwise appear twice
     elif metrics_log.exists():
         metrics_log.unlink()
     atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -298,7 +298,7 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
     from tqdm import tqdm
 
     from vlm.models import create_captioner
-    from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
 
     t_start = time.perf_counter()
     mp = cfg.mixed_precision
@@ -344,9 +344,8 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
             raise ValueError(f"{ckpt}: unexpected tensors {unexpected[:3]}")
         step = int(tstate["step"])
         logger.info("resumed from %s at step %d", ckpt, step)
-        if acc.is_main_process and metrics_log.exists():  # drop log lines written after that checkpoint
-            kept = [ln for ln in metrics_log.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
-            metrics_log.write_text("".join(ln + "\n" for ln in kept))
+        if acc.is_main_process:  # lines written after that checkpoint would otherwise appear twice
+            trim_log(metrics_log, step)
     else:
         torch.manual_seed(cfg.seed + 1)
         random.seed(cfg.seed + 1)

@@ -24,7 +24,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -154,7 +153,7 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
     from vlm.models import create_captioner
     from vlm.retrieval import load_retriever
     from vlm.rewards import CIDErReward, SelfRetrievalReward
-    from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
     from vlm.train.mle import _features_for, _trainable_state, append_jsonl, resolve_dataset
 
     t_start = time.perf_counter()
@@ -220,9 +219,8 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
         step = int(tstate["step"])
         if tstate.get("baseline"):
             baseline.load_state_dict(tstate["baseline"])
-        if acc.is_main_process and metrics_log.exists():
-            kept = [ln for ln in metrics_log.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
-            metrics_log.write_text("".join(ln + "\n" for ln in kept))
+        if acc.is_main_process:  # lines written after that checkpoint would otherwise appear twice
+            trim_log(metrics_log, step)
     elif acc.is_main_process and metrics_log.exists():
         metrics_log.unlink()
     if acc.is_main_process:
