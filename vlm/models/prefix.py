@@ -35,7 +35,8 @@ class PrefixCaptionerConfig:
     """Architecture and trainability of a :class:`PrefixCaptioner`. Unknown keys are errors."""
 
     image_encoder: str = "efficientnet_lite0"
-    """A :func:`vlm.pretrained.load_image_encoder` name: built-in, timm folder/hub id, or ``scratch:<arch>``."""
+    """A :func:`vlm.pretrained.load_image_encoder` name: built-in, timm folder/hub id, ``scratch:<arch>``, or
+    an open_clip image tower (``open_clip:ViT-B-32:openai``, ``open_clip:/path/config.json:random`` ...)."""
     feature_kind: str = "pooled"
     """``"pooled"`` (B, C) image features, or ``"spatial"`` (B, H*W, C) tokens (needs the transformer mapper)."""
     center_crop: bool = False
@@ -161,6 +162,8 @@ class PrefixCaptioner(nn.Module):
         self.tokenizer = tokenizer
         d_lm = lm.get_input_embeddings().weight.shape[1]
         c = image_encoder.num_features
+        if config.feature_kind == "spatial":  # an open_clip ViT's tokens are wider than its pooled embedding
+            c = getattr(image_encoder, "num_spatial_features", c)
         if config.mapper == "mlp":
             self.mapper = MLPMapper(c, d_lm, config.prefix_length, config.mapper_hidden)
         else:
