@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _PRETRAINED = ("load", "list_components", "check_components", "load_image_encoder", "load_text_encoder",
                "load_language_model", "load_clip_tokenizer", "ImageEncoder", "TextEncoder", "LanguageModel",
-               "HubOfflineError")
+               "OpenCLIPImageEncoder", "HubOfflineError")
 
 _MODELS = ("list_models", "create_captioner", "PrefixCaptioner", "PrefixCaptionerConfig", "HFCaptioner")
 _RETRIEVAL = ("Retriever", "OpenCLIPRetriever", "load_retriever", "create_retriever", "register_retriever")

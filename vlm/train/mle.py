@@ -244,7 +244,9 @@ def _features_for(model, ds, *, progress: bool) -> torch.Tensor:
     from vlm.train.features import cached_features, feature_cache_key
 
     cfg = model.config
-    key = feature_cache_key(cfg.image_encoder, cfg.feature_kind, {"center_crop": cfg.center_crop},
+    fp = getattr(model.image_encoder, "fingerprint", "")  # open_clip towers: weights + config identity
+    key = feature_cache_key(cfg.image_encoder + (f"#{fp}" if fp else ""), cfg.feature_kind,
+                            {"center_crop": cfg.center_crop},
                             [ds.path(i) for i in range(len(ds))])
     return cached_features(key, len(ds), lambda idx: model.image_features(model.preprocess([ds.image(i) for i in idx])),
                            batch_size=32, progress=progress, desc="image features")
