@@ -2,17 +2,31 @@
 
 No CLIP weights can be installed offline, so the package trains its own retriever from the two pretrained
 towers it does have: EfficientNet-Lite0 (ImageNet-1k, locked) for images and all-MiniLM-L6-v2 for text.
-Only small projections into a shared space (and, optionally, MiniLM's top layers) are learnt, contrastively,
+Only small heads into a shared space (and, optionally, MiniLM's top layers) are learnt, contrastively,
 on the world's images and captions (:func:`vlm.train.train_lit`), as in LiT (Zhai et al., 2022): a locked
 image tower keeps what ImageNet taught it and the text side learns to read it.
 
 ::
 
-    image (PIL) -> preprocess (no centre crop, image_size px) -> EfficientNet-Lite0, frozen -> (B, 1280)
-                -> standardise (training-set mean/std) -> image_proj -> (B, D) -> L2 norm
-    text        -> MiniLM (frozen, or top k layers trained) -> mean pool, L2 norm (B, 384) -> text_proj -> (B, D)
-                -> L2 norm
+    image (PIL) -> preprocess (no centre crop, image_size px) -> EfficientNet-Lite0, frozen
+        image_pool="mean":      -> global average pool (B, 1280) -> standardise (training-set mean/std)
+        image_pool="attention": -> feature map (B, 1280, 7, 7) in fp16 -> standardise per channel
+                                -> (B, 49, 1280) -> Linear -> (B, 49, W) + position embeddings
+                                -> image_head_layers transformer layers -> attention pool (a learnt query) (B, W)
+                -> image_proj -> (B, D) -> L2 norm
+    text  -> MiniLM (frozen, or top k layers trained)
+        text_pool="mean":       -> mean pool, L2 norm (B, 384)
+        text_pool="attention":  -> token states (B, T<=text_max_tokens, 384) in fp16 -> Linear -> (B, T, W)
+                                -> text_head_layers transformer layers -> attention pool (a learnt query) (B, W)
+          -> text_proj -> (B, D) -> L2 norm
     logits = min(exp(log_scale), max_logit_scale) * text @ image.T
+
+Why the attention options: pooling throws away what the world's hard cases hinge on. A mean of MiniLM's token
+states barely tells "a red circle left of a blue square" from "a blue circle left of a red square", and a
+global average of EfficientNet's map loses where things are and how many there are (locked, mean-pooled:
+exact dense captions reach R@1 0.60 within TrueMatch bags of 5). The token states and the 7x7 map still hold
+that information, and both towers stay locked, so their outputs are computed once and cached: only the small
+heads train.
 
 It follows :class:`vlm.retrieval.Retriever` (``name``, ``encode_images``, ``encode_texts``; float32, CPU, unit
 norm), and :meth:`LiTRetriever.save_pretrained` writes only what was trained (config JSON + safetensors): the
@@ -26,6 +40,9 @@ Example (random projections; the real towers load in ~2 s):
     torch.Size([1, 32])
     >>> round(float(model.encode_texts(["a red circle"]).norm()), 4)
     1.0
+    >>> heads = LiTRetriever(LiTConfig(embed_dim=32, image_size=64, text_pool="attention", image_pool="attention"))
+    >>> heads.encode_texts(["a red circle left of a blue square"]).shape
+    torch.Size([1, 32])
 """
 
 from __future__ import annotations
@@ -52,7 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LiTConfig", "LiTRetriever", "load_lit_retriever"]
+__all__ = ["AttentionPoolHead", "LiTConfig", "LiTRetriever", "load_lit_retriever"]
 
 #: ``format`` written into ``config.json``; bump when the saved layout changes.
 LIT_FORMAT = "finecap-lit-v1"
@@ -98,15 +115,56 @@ class LiTConfig:
     """Initial log inverse temperature (CLIP's ``log(1/0.07)``)."""
     max_logit_scale: float = 100.0
     """Upper bound of the inverse temperature ``exp(log_scale)`` (CLIP's 100)."""
+    text_pool: str = "mean"
+    """How a caption becomes one vector before ``text_proj``. ``"mean"``: MiniLM's own sentence embedding (the
+    mean of its token states, L2-normalised; 384 numbers per caption). ``"attention"``: a trained head over
+    MiniLM's last token states (padded to ``text_max_tokens``, cached in fp16 when the tower is locked): a
+    Linear to ``head_width``, ``text_head_layers`` transformer layers and attention pooling by a learnt query.
+    Word order survives in the contextual token states, and the trained layers can bind attributes to
+    objects ("red circle and blue square" vs "blue circle and red square"), which the mean blurs."""
+    image_pool: str = "mean"
+    """How an image becomes one vector before ``image_proj``. ``"mean"``: the tower's global average pool
+    (1280 numbers). ``"attention"``: a trained head over the tower's last feature map (``(1280, 7, 7)`` at
+    224 px, ``ceil(image_size / 32)`` a side; cached in fp16): per-channel standardisation, a Linear to
+    ``head_width``, learnt position embeddings (one per map cell), ``image_head_layers`` transformer layers
+    and attention pooling by a learnt query. Where things are and how many survive; the average loses both."""
+    head_width: int = 256
+    """Width W of the attention heads (both pools): the tower outputs are projected to it first, so a layer
+    costs about ``8 W^2`` multiply-adds per token (feed-forward ``2 W``; a CPU budget, not a tuned value)."""
+    head_heads: int = 4
+    """Attention heads in the heads' transformer layers and in the attention pooling; divides ``head_width``."""
+    text_head_layers: int = 2
+    """Transformer layers of the ``"attention"`` text head (0: attention pooling alone)."""
+    image_head_layers: int = 1
+    """Transformer layers of the ``"attention"`` image head (0: attention pooling alone)."""
+    head_dropout: float = 0.1
+    """Dropout inside the heads' transformer layers, training only."""
+    text_max_tokens: int = 80
+    """Token states kept per caption by the ``"attention"`` text head (MiniLM reads the whole caption; the
+    states of later tokens are dropped). The world's dense captions run to 67 tokens (truematch; 99th
+    percentile 66, median 30) and end with the relation sentence, so 48 would cut exactly the hard part;
+    80 costs 21.6k captions x 80 x 384 x 2 bytes = 1.3 GB of fp16 cache (in memory during training)."""
 
     def __post_init__(self) -> None:
         for name in ("image_proj", "text_proj"):
             if getattr(self, name) not in ("linear", "mlp"):
                 raise ValueError(f"LiTConfig.{name} must be 'linear' or 'mlp', got {getattr(self, name)!r}")
-        for name in ("image_size", "embed_dim", "proj_hidden"):
+        for name in ("text_pool", "image_pool"):
+            if getattr(self, name) not in ("mean", "attention"):
+                raise ValueError(f"LiTConfig.{name} must be 'mean' or 'attention', got {getattr(self, name)!r}")
+        for name in ("image_size", "embed_dim", "proj_hidden", "head_width", "head_heads", "text_max_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"LiTConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("text_head_layers", "image_head_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"LiTConfig.{name} must be an integer >= 0, got {value!r}")
+        if self.head_width % self.head_heads:
+            raise ValueError(f"LiTConfig.head_width ({self.head_width}) must be a multiple of head_heads "
+                             f"({self.head_heads})")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"LiTConfig.head_dropout must be in [0, 1), got {self.head_dropout}")
         if self.image_size < 32:
             raise ValueError(f"LiTConfig.image_size must be >= 32 (EfficientNet downsamples 32x), "
                              f"got {self.image_size}")
@@ -125,6 +183,21 @@ class LiTConfig:
         """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What :attr:`LiTRetriever.fingerprint` hashes: :meth:`to_dict` without the pooling fields that were
+        added later (:data:`POOLING_FIELDS`) while they hold their defaults, so that models saved before them
+        keep their fingerprints (and every embedding cache keyed on one stays valid).
+
+        Example:
+            >>> sorted(set(LiTConfig().to_dict()) - set(LiTConfig().identity())) == sorted(POOLING_FIELDS)
+            True
+            >>> "text_pool" in LiTConfig(text_pool="attention").identity()
+            True
+        """
+        defaults = LiTConfig.__dataclass_fields__
+        return {k: v for k, v in self.to_dict().items()
+                if not (k in POOLING_FIELDS and v == defaults[k].default)}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "LiTConfig") -> LiTConfig:
         """Build from a dict; unknown keys raise ``ValueError`` naming ``source``.
@@ -141,10 +214,66 @@ class LiTConfig:
         return cls(**d)
 
 
+#: LiTConfig fields added with the attention pools; :meth:`LiTConfig.identity` leaves them out at their defaults.
+POOLING_FIELDS = ("text_pool", "image_pool", "head_width", "head_heads", "text_head_layers", "image_head_layers",
+                  "head_dropout", "text_max_tokens")
+
+
 def _projection(kind: str, d_in: int, d_out: int, hidden: int, dropout: float) -> nn.Module:
     if kind == "linear":
         return nn.Linear(d_in, d_out)
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+
+
+class AttentionPoolHead(nn.Module):
+    """Tokens ``(B, N, C)`` -> one vector ``(B, W)``: a Linear to width W, optional learnt position embeddings,
+    pre-norm transformer layers, and attention pooling by one learnt query (then a LayerNorm).
+
+    The trainable part of the ``"attention"`` pools of :class:`LiTConfig`; the tokens are a locked tower's
+    outputs (MiniLM's token states, EfficientNet's map cells). ``mask`` ``(B, N)`` marks real tokens (None:
+    all real); padded tokens are neither attended to nor pooled.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> head = AttentionPoolHead(6, width=8, heads=2, layers=1, dropout=0.0).eval()
+        >>> x = torch.randn(2, 3, 6)
+        >>> head(x).shape
+        torch.Size([2, 8])
+        >>> mask = torch.tensor([[True, True, False], [True, True, True]])
+        >>> bool(torch.allclose(head(x, mask)[0], head(x[:1, :2], mask[:1, :2])[0], atol=1e-5))  # padding ignored
+        True
+    """
+
+    def __init__(self, d_in: int, *, width: int, heads: int, layers: int, dropout: float,
+                 num_positions: int = 0) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(d_in, width)
+        # One embedding per token position (image map cells: a 2-D grid flattened row by row). Text needs none:
+        # MiniLM's states already carry their positions.
+        self.pos = nn.Parameter(0.02 * torch.randn(num_positions, width)) if num_positions else None
+        self.blocks = None
+        if layers:
+            layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=dropout,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.blocks = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(width), enable_nested_tensor=False)
+        self.query = nn.Parameter(0.02 * torch.randn(1, 1, width))
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.proj_in(tokens)  # (B, N, W)
+        if self.pos is not None:
+            if x.shape[1] != self.pos.shape[0]:
+                raise ValueError(f"AttentionPoolHead: {x.shape[1]} tokens, but the head has {self.pos.shape[0]} "
+                                 "position embeddings (was the image size changed?)")
+            x = x + self.pos
+        pad = None if mask is None else ~mask  # (B, N): True where padding
+        if self.blocks is not None:
+            x = self.blocks(x, src_key_padding_mask=pad)
+        q = self.query.expand(len(x), -1, -1)  # (B, 1, W)
+        pooled, _ = self.attn(q, x, x, key_padding_mask=pad, need_weights=False)  # (B, 1, W)
+        return self.norm(pooled[:, 0])  # (B, W)
 
 
 class LiTRetriever(nn.Module):
@@ -159,8 +288,14 @@ class LiTRetriever(nn.Module):
         name: what :attr:`name` reports (:func:`from_pretrained` sets ``finecap:lit:<folder>``).
 
     The model starts in eval mode (embeddings are deterministic; a trainer calls ``train()``), and the image
-    tower stays in eval mode and frozen even then: its BatchNorm statistics never move. ``image_mean``/``image_std`` (buffers, saved with the weights) standardise
-    the 1280-d features before ``image_proj``; the trainer sets them from the training set.
+    tower stays in eval mode and frozen even then: its BatchNorm statistics never move. ``image_mean``/``image_std``
+    (buffers, saved with the weights) standardise the 1280 channels of the image features (pooled, or each
+    map cell with ``image_pool="attention"``); the trainer sets them from the training set.
+
+    What the locked towers give (:meth:`image_features`, :meth:`text_features`) is what the trainer caches and
+    what the trained part reads (:meth:`embed_image_features`, :meth:`embed_text_features`); with the
+    ``"attention"`` pools those are fp16 token tensors, so a cached table and a fresh encoding give the same
+    embeddings.
 
     Example:
         >>> import torch
@@ -199,16 +334,34 @@ class LiTRetriever(nn.Module):
         for layer in layers[len(layers) - config.unfreeze_text_layers:]:
             layer.requires_grad_(True)
         d_img, d_txt = self.image_encoder.num_features, self.text_encoder.dim
+        head = dict(width=config.head_width, heads=config.head_heads, dropout=config.head_dropout)
+        if config.image_pool == "attention":
+            d_img, self.image_grid = self._probe_feature_map()
+            self.image_pooler = AttentionPoolHead(d_img, layers=config.image_head_layers,
+                                                  num_positions=self.image_grid[0] * self.image_grid[1], **head)
+        if config.text_pool == "attention":
+            self.text_pooler = AttentionPoolHead(d_txt, layers=config.text_head_layers, **head)
         self.register_buffer("image_mean", torch.zeros(d_img))  # (1280,)
         self.register_buffer("image_std", torch.ones(d_img))  # (1280,)
-        self.image_proj = _projection(config.image_proj, d_img, config.embed_dim, config.proj_hidden,
-                                      config.proj_dropout)
-        self.text_proj = _projection(config.text_proj, d_txt, config.embed_dim, config.proj_hidden,
-                                     config.proj_dropout)
+        w = config.head_width
+        self.image_proj = _projection(config.image_proj, w if config.image_pool == "attention" else d_img,
+                                      config.embed_dim, config.proj_hidden, config.proj_dropout)
+        self.text_proj = _projection(config.text_proj, w if config.text_pool == "attention" else d_txt,
+                                     config.embed_dim, config.proj_hidden, config.proj_dropout)
         self.log_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.eval()  # a retriever is built to embed: deterministic until a trainer calls train()
 
     # ---- pieces ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _probe_feature_map(self) -> tuple[int, tuple[int, int]]:
+        """Channels and ``(H, W)`` of the image tower's last feature map at ``image_size`` (one blank image)."""
+        s = self.config.image_size
+        fmap = self.image_encoder.features(torch.zeros(1, 3, s, s), kind="spatial")
+        if fmap.ndim != 4:
+            raise ValueError(f"LiTConfig.image_pool='attention' needs a convolutional feature map (B, C, H, W); "
+                             f"{self.config.image_encoder} gives shape {tuple(fmap.shape)}")
+        return int(fmap.shape[1]), (int(fmap.shape[2]), int(fmap.shape[3]))
 
     def _text_layers(self) -> nn.ModuleList:
         encoder = getattr(self.text_encoder.model, "encoder", None)
@@ -252,27 +405,60 @@ class LiTRetriever(nn.Module):
 
     @torch.no_grad()
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Locked tower: pixel values ``(B, 3, H, W)`` -> pooled features ``(B, 1280)`` float32."""
+        """Locked tower: pixel values ``(B, 3, H, W)`` -> what :meth:`embed_image_features` reads.
+
+        ``image_pool="mean"``: pooled features ``(B, 1280)`` float32. ``"attention"``: the last feature map
+        ``(B, 1280, h, w)`` in float16, the precision it is cached in (its values are ReLU6 outputs in
+        [0, 6], which fp16 holds to 3 significant digits).
+        """
+        if self.config.image_pool == "attention":
+            return self.image_encoder.features(pixel_values.to(self.device), kind="spatial").half()
         return self.image_encoder.features(pixel_values.to(self.device), kind="pooled").float()
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
-        """Pooled MiniLM embeddings ``(B, 384)`` (un-normalised); differentiable through trained layers only."""
+        """MiniLM on ``texts`` -> what :meth:`embed_text_features` reads; differentiable through trained layers only.
+
+        ``text_pool="mean"``: pooled embeddings ``(B, 384)`` float32 (un-normalised). ``"attention"``: the
+        last hidden states of the first ``text_max_tokens`` tokens, ``(B, text_max_tokens, 384)`` float16,
+        with the rows of padding positions exactly zero: that is the attention mask (a real token's state
+        is never all zeros: it leaves a LayerNorm with a bias), so one tensor is all a cache has to keep.
+        """
         tokens = self.text_encoder.tokenize(list(texts))  # sentence-transformers' truncation and casing
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_trainable):
-            return self.text_encoder(**tokens).float()
+            if self.config.text_pool == "mean":
+                return self.text_encoder(**tokens).float()
+            t = self.config.text_max_tokens
+            states = self.text_encoder.model(**tokens).last_hidden_state[:, :t]  # (B, <=T, 384)
+            mask = tokens["attention_mask"][:, :t, None].to(states.dtype)  # (B, <=T, 1)
+            states = nn.functional.pad(states * mask, (0, 0, 0, t - states.shape[1]))  # (B, T, 384)
+            return states.half()
 
     def embed_image_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Image features ``(B, 1280)`` -> unit-norm embeddings ``(B, D)`` (differentiable)."""
-        x = (features.to(self.image_mean.device).float() - self.image_mean) / self.image_std  # (B, 1280)
+        """Image features -> unit-norm embeddings ``(B, D)`` (differentiable): pooled ``(B, 1280)``, or with
+        ``image_pool="attention"`` feature maps ``(B, 1280, h, w)`` (any float dtype)."""
+        x = features.to(self.image_mean.device).float()
+        if self.config.image_pool == "attention":
+            x = x.flatten(2).transpose(1, 2)  # (B, h*w, 1280): map cells row by row
+            x = self.image_pooler((x - self.image_mean) / self.image_std)  # (B, W)
+        else:
+            x = (x - self.image_mean) / self.image_std  # (B, 1280)
         return nn.functional.normalize(self.image_proj(x), dim=-1)  # (B, D)
 
     def embed_text_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled text embeddings ``(B, 384)`` -> unit-norm embeddings ``(B, D)`` (differentiable).
+        """Text features -> unit-norm embeddings ``(B, D)`` (differentiable).
 
-        The pooled embedding is L2-normalised first, as all-MiniLM-L6-v2's own last module does: its
-        sentence embeddings are meant to be compared by direction.
+        ``text_pool="mean"``: pooled embeddings ``(B, 384)``, L2-normalised first, as all-MiniLM-L6-v2's own
+        last module does (its sentence embeddings are meant to be compared by direction). ``"attention"``:
+        token states ``(B, T, 384)`` from :meth:`text_features` (zero rows: padding), read by the text head;
+        the batch is cut to its longest caption first, so short batches cost little.
         """
-        x = nn.functional.normalize(features.to(self.log_scale.device).float(), dim=-1)  # (B, 384)
+        x = features.to(self.log_scale.device).float()
+        if self.config.text_pool == "attention":
+            mask = x.ne(0).any(-1)  # (B, T): real tokens
+            keep = int(mask.sum(1).max()) if len(x) else 0  # right padding: the longest caption's length
+            x = self.text_pooler(x[:, :keep], mask[:, :keep])  # (B, W)
+        else:
+            x = nn.functional.normalize(x, dim=-1)  # (B, 384)
         return nn.functional.normalize(self.text_proj(x), dim=-1)  # (B, D)
 
     @property
@@ -315,9 +501,10 @@ class LiTRetriever(nn.Module):
     # ---- saving ----------------------------------------------------------------------------------------
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What training changes, and all that :meth:`save_pretrained` writes: projections, log scale, the
-        feature standardisation and the unfrozen MiniLM layers (the rest comes from the packages)."""
-        prefixes = ["image_proj.", "text_proj.", "log_scale", "image_mean", "image_std"]
+        """What training changes, and all that :meth:`save_pretrained` writes: projections, attention heads, log
+        scale, the feature standardisation and the unfrozen MiniLM layers (the rest comes from the packages)."""
+        prefixes = ["image_proj.", "text_proj.", "log_scale", "image_mean", "image_std", "image_pooler.",
+                    "text_pooler."]
         n_layers = len(self._text_layers())
         for i in range(n_layers - self.config.unfreeze_text_layers, n_layers):
             prefixes.append(f"text_encoder.model.encoder.layer.{i}.")
@@ -337,8 +524,9 @@ class LiTRetriever(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        """Changes whenever an embedding would: a hash of the config and the trained weights."""
-        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        """Changes whenever an embedding would: a hash of the config (:meth:`LiTConfig.identity`) and the
+        trained weights."""
+        h = hashlib.sha256(json.dumps(self.config.identity(), sort_keys=True).encode())
         for k, v in sorted(self.trainable_state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
@@ -408,8 +596,9 @@ class LiTRetriever(nn.Module):
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"LiTRetriever({self.name!r}, {c.image_encoder}@{c.image_size}px + {c.text_encoder} "
-                f"(top {c.unfreeze_text_layers} layers trained) -> {c.embed_dim}-d)")
+        return (f"LiTRetriever({self.name!r}, {c.image_encoder}@{c.image_size}px ({c.image_pool} pool) + "
+                f"{c.text_encoder} (top {c.unfreeze_text_layers} layers trained, {c.text_pool} pool) "
+                f"-> {c.embed_dim}-d)")
 
 
 def load_lit_retriever(rest: str = "lit", *, device: str = "cpu") -> LiTRetriever:

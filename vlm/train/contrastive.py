@@ -5,15 +5,17 @@
 1. generate the training worlds (``captioning`` + ``truematch``, whose near-duplicate bags add hard
    negatives), or reuse them when ``DIR/worlds`` already holds the same ones;
 2. :func:`train_lit`: compute the locked towers' features once (EfficientNet-Lite0 per image, MiniLM per
-   distinct caption, cached as safetensors under ``$FINECAP_CACHE/features``), then train the projections with
-   a symmetric InfoNCE loss: every step samples a batch of images and, per image, one of its captions (the
-   exhaustive ``dense_caption`` with probability ``dense_prob``, else one of its human captions). AdamW,
-   warm-up + cosine decay, seeded, a tqdm bar, ``metrics.jsonl``; checkpoints every ``checkpoint_every``
-   steps (a killed run resumes and ends with the same weights); the model is saved into ``DIR``;
+   distinct caption, cached as safetensors under ``$FINECAP_CACHE/features``: pooled vectors, or with
+   ``--image-pool attention`` / ``--text-pool attention`` fp16 feature maps / token states), then train the
+   projections (and attention heads) with a symmetric InfoNCE loss: every step samples a batch of images
+   and, per image, one of its captions (the exhaustive ``dense_caption`` with probability ``dense_prob``, else
+   one of its human captions). AdamW, warm-up + cosine decay, seeded, a tqdm bar, ``metrics.jsonl``;
+   checkpoints every ``checkpoint_every`` steps (a killed run resumes and ends with the same weights); the
+   model is saved into ``DIR``;
 3. :func:`evaluate_retriever` on worlds of another seed, never trained on: text -> image R@1 among 99 random
    distractors (RD100) with the dense caption and with the human captions, and R@1 within TrueMatch bags,
-   beside two baselines on the same features: the untrained model (random projections) and a ridge map
-   from image features into MiniLM's space;
+   beside two baselines on the same features: the untrained model (random projections and heads) and a
+   ridge map from pooled image features into MiniLM's (mean-pooled) space;
 4. print the results as JSON (also written to ``DIR/results.json``).
 
 :func:`ensure_default_retriever` does 1-2 once with the default settings and keeps the model under
@@ -248,25 +250,38 @@ def _draw_batch(n: int, batch: int, bags: list[torch.Tensor], fraction: float, g
 
 def image_feature_table(model: LiTRetriever, dataset: CaptionDataset, *, batch_size: int = 64,
                         cache_dir: str | os.PathLike | None = None, progress: bool = True) -> torch.Tensor:
-    """Pooled locked-tower features ``(len(dataset), 1280)`` of every image, cached on disk.
+    """Locked-tower features of every image (:meth:`LiTRetriever.image_features`), cached on disk.
 
-    The cache key (:func:`vlm.train.features.feature_cache_key`) covers the encoder, the preprocessing
-    (whole image, ``image_size``) and every image file's path, size and modification time.
+    ``image_pool="mean"``: pooled ``(len(dataset), 1280)`` float32. ``"attention"``: feature maps
+    ``(len(dataset), 1280, h, w)`` float16 (4,500 images at 224 px: 4,500 x 49 x 1280 x 2 bytes = 0.56 GB,
+    on disk and in memory).
+
+    The cache key (:func:`vlm.train.features.feature_cache_key`) covers the encoder, the feature kind, the
+    preprocessing (whole image, ``image_size``) and every image file's path, size and modification time.
     """
     from vlm.train.features import cached_features, feature_cache_key
 
     cfg = model.config
     pre = {"center_crop": False, "image_size": cfg.image_size,
            "interpolation": model.image_encoder.data_config.get("interpolation")}
-    key = feature_cache_key(cfg.image_encoder, "pooled", pre, [dataset.path(i) for i in range(len(dataset))])
+    spatial = cfg.image_pool == "attention"
+    key = feature_cache_key(cfg.image_encoder, "spatial-fp16" if spatial else "pooled", pre,
+                            [dataset.path(i) for i in range(len(dataset))])
     return cached_features(
         key, len(dataset), lambda idx: model.image_features(model.preprocess([dataset.image(i) for i in idx])),
-        batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc="image features")
+        batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc="image features",
+        dtype=torch.float16 if spatial else torch.float32)
 
 
 def text_feature_table(model: LiTRetriever, texts: Sequence[str], *, batch_size: int = 64,
                        cache_dir: str | os.PathLike | None = None, progress: bool = True) -> torch.Tensor:
-    """Pooled frozen-MiniLM embeddings ``(len(texts), 384)``, cached on disk keyed by encoder and texts.
+    """Frozen-MiniLM features of every text (:meth:`LiTRetriever.text_features`), cached on disk keyed by
+    encoder, pooling and texts.
+
+    ``text_pool="mean"``: pooled embeddings ``(len(texts), 384)`` float32. ``"attention"``: token states
+    ``(len(texts), text_max_tokens, 384)`` float16, zero rows for padding (the default retriever's 21.6k
+    distinct captions at 80 tokens: 1.3 GB, on disk and in memory). Captions longer than ``text_max_tokens``
+    tokens are logged (their tail is cut).
 
     Only valid while the text tower is locked (``unfreeze_text_layers == 0``).
     """
@@ -274,12 +289,22 @@ def text_feature_table(model: LiTRetriever, texts: Sequence[str], *, batch_size:
 
     if model.text_trainable:
         raise ValueError("text features cannot be cached when MiniLM layers are trained (unfreeze_text_layers > 0)")
-    h = hashlib.sha256(f"{model.config.text_encoder}|{model.text_encoder.max_seq_length}|text".encode())
+    cfg = model.config
+    tokens = cfg.text_pool == "attention"
+    kind = f"tokens{cfg.text_max_tokens}-fp16" if tokens else "text"  # "text": the mean pool's key, as before
+    h = hashlib.sha256(f"{cfg.text_encoder}|{model.text_encoder.max_seq_length}|{kind}".encode())
     for t in texts:
         h.update(t.encode())
         h.update(b"\0")
-    return cached_features(h.hexdigest()[:24], len(texts), lambda idx: model.text_features([texts[i] for i in idx]),
-                           batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc="text features")
+    table = cached_features(h.hexdigest()[:24], len(texts), lambda idx: model.text_features([texts[i] for i in idx]),
+                            batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc="text features",
+                            dtype=torch.float16 if tokens else torch.float32)
+    if tokens and len(texts):
+        cut = sum(len(ids) > cfg.text_max_tokens for ids in model.text_encoder.tokenizer(list(texts))["input_ids"])
+        if cut:
+            logger.warning("%d of %d captions are longer than LiTConfig.text_max_tokens=%d tokens: their ends "
+                           "are not read by the attention text head", cut, len(texts), cfg.text_max_tokens)
+    return table
 
 
 # ---- loss ----------------------------------------------------------------------------------------------
@@ -330,7 +355,9 @@ def _param_groups(model: LiTRetriever, cfg: LiTTrainConfig) -> list[dict]:
             continue
         if name.startswith("text_encoder."):
             text.append(p)
-        elif p.ndim < 2:  # biases, norms and the logit scale: decaying them only fights the loss
+        elif p.ndim < 2 or name.endswith((".pos", ".query")):
+            # Biases, norms, the logit scale, position embeddings and pooling queries: decaying them only
+            # fights the loss.
             no_decay.append(p)
         else:
             decay.append(p)
@@ -342,6 +369,36 @@ def _param_groups(model: LiTRetriever, cfg: LiTTrainConfig) -> list[dict]:
 
 
 # ---- training ------------------------------------------------------------------------------------------
+
+
+def _channel_stats(maps: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) std of feature maps ``(N, C, h, w)`` over images and cells, in float64
+    chunks (never a float32 copy of a whole fp16 table).
+
+    Example:
+        >>> m = torch.arange(16.0).reshape(2, 2, 2, 2).half()
+        >>> mean, std = _channel_stats(m, chunk=1)
+        >>> mean.tolist(), std.tolist() == m.float().transpose(0, 1).reshape(2, -1).std(1).tolist()
+        ([5.5, 9.5], True)
+    """
+    c = maps.shape[1]
+    total, sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for start in range(0, len(maps), chunk):
+        x = maps[start:start + chunk].double().transpose(0, 1).reshape(c, -1)  # (C, n * h * w)
+        total += x.sum(1)
+        sq += (x * x).sum(1)
+        count += x.shape[1]
+    mean = total / count
+    var = (sq - count * mean * mean) / max(count - 1, 1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
+
+
+def _saved_config(d: Any) -> LiTTrainConfig | None:
+    """A checkpoint's LiTTrainConfig (fields added since it was written take their defaults); None if unreadable."""
+    try:
+        return LiTTrainConfig.from_dict(d) if isinstance(d, dict) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _data_identity(pairs: _Pairs, image_keys: list[str]) -> str:
@@ -376,6 +433,12 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
     Returns:
         The trained model in eval mode.
 
+    Memory: the cached tower outputs of every training image and distinct caption stay in memory, and each
+    batch indexes into them. With the default pools that is little (4,500 x 1280 + 21.6k x 384 float32,
+    0.06 GB). ``model.image_pool="attention"`` keeps fp16 feature maps, 4,500 x 49 x 1280 x 2 bytes = 0.56 GB
+    at 224 px; ``model.text_pool="attention"`` fp16 token states, 21.6k x 80 x 384 x 2 bytes = 1.3 GB (about
+    twice each while the tables are built); the same again on disk under ``feature_cache``.
+
     Example (a minute on 2 CPU cores; ``python -m vlm train-retriever`` wraps it)::
 
         from vlm.world import generate_world
@@ -405,13 +468,22 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
     offsets = [0]
     for ds in pairs.datasets:
         offsets.append(offsets[-1] + len(ds))
-    image_feats = torch.cat(tables)[torch.tensor([offsets[d] + i for d, i in pairs.rows])]  # (N, 1280)
+    rows = torch.tensor([offsets[d] + i for d, i in pairs.rows])
+    image_feats = torch.cat(tables)  # (N, 1280) pooled, or (N, 1280, h, w) fp16 maps
+    del tables
+    if not torch.equal(rows, torch.arange(len(image_feats))):  # a split: keep its rows (a copy)
+        image_feats = image_feats[rows]
     text_feats = None if model.text_trainable else text_feature_table(
         model, pairs.texts, batch_size=cfg.feature_batch_size, cache_dir=feature_cache, progress=progress)
     # Standardise the image features with training-set statistics (saved with the model): the pooled
     # EfficientNet activations differ in scale by orders of magnitude across channels.
-    model.image_mean.copy_(image_feats.mean(0))
-    model.image_std.copy_(image_feats.std(0).clamp(min=1e-4))
+    if image_feats.ndim == 2:
+        model.image_mean.copy_(image_feats.mean(0))
+        model.image_std.copy_(image_feats.std(0).clamp(min=1e-4))
+    else:
+        mean, std = _channel_stats(image_feats)
+        model.image_mean.copy_(mean)
+        model.image_std.copy_(std.clamp(min=1e-4))
     data_id = _data_identity(pairs, image_keys)
 
     opt = torch.optim.AdamW(_param_groups(model, cfg))
@@ -421,7 +493,7 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
     ckpt = latest_checkpoint(ckpt_dir)
     if ckpt is not None:
         state, tstate = load_checkpoint(ckpt, optimizer=opt, scheduler=sched)
-        if tstate.get("config") != cfg.to_dict():
+        if _saved_config(tstate.get("config")) != cfg:
             raise ValueError(f"{ckpt}: it was written by another configuration; use a new out_dir or the same "
                              f"LiTTrainConfig (saved in {out / 'train_config.json'})")
         if tstate.get("data") != data_id:
@@ -637,7 +709,8 @@ def fit_ridge_retriever(image_features: torch.Tensor, text_features: torch.Tenso
     """
     base = config or LiTConfig()
     d_txt = text_features.shape[1]
-    cfg = dataclasses.replace(base, image_proj="linear", text_proj="linear", embed_dim=d_txt, unfreeze_text_layers=0)
+    cfg = dataclasses.replace(base, image_proj="linear", text_proj="linear", embed_dim=d_txt, unfreeze_text_layers=0,
+                              text_pool="mean", image_pool="mean")
     model = LiTRetriever(cfg, image_encoder=image_encoder, text_encoder=text_encoder, name="ridge-baseline")
     mean, std = image_features.mean(0), image_features.std(0).clamp(min=1e-4)
     x = ((image_features - mean) / std).double()
@@ -787,14 +860,21 @@ def _build_parser():
     p.add_argument("--unfreeze-text-layers", type=int, default=None, help="MiniLM top layers to train (default 0)")
     p.add_argument("--dense-prob", type=float, default=None, help="probability of the dense caption (default 0.5)")
     p.add_argument("--bag-fraction", type=float, default=None,
-                   help="share of each batch made of whole near-duplicate bags (hard negatives)")
+                   help="share of each batch made of whole near-duplicate bags (hard negatives; default 0)")
+    p.add_argument("--text-pool", choices=("mean", "attention"), default=None,
+                   help="MiniLM's mean-pooled sentence embedding, or a trained attention head over its cached "
+                        "token states (LiTConfig.text_pool; default mean)")
+    p.add_argument("--image-pool", choices=("mean", "attention"), default=None,
+                   help="EfficientNet's pooled features, or a trained attention head over its cached 7x7 "
+                        "feature map (LiTConfig.image_pool; default mean)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vlm train-retriever --out DIR [--n-images N] [--steps S] [--seed K]``: train, save, evaluate."""
+    """``python -m vlm train-retriever --out DIR [--n-images N] [--steps S] [--seed K] [--text-pool attention]
+    [--image-pool attention] [--bag-fraction F]``: train, save, evaluate."""
     import platform
     import sys
 
@@ -811,7 +891,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"need --n-images >= 20 and --eval-images > 100, got {args.n_images}, {args.eval_images}")
         cfg = default_train_config()
         model_over = {k: v for k, v in (("image_size", args.image_size),
-                                         ("unfreeze_text_layers", args.unfreeze_text_layers)) if v is not None}
+                                         ("unfreeze_text_layers", args.unfreeze_text_layers),
+                                         ("text_pool", args.text_pool), ("image_pool", args.image_pool))
+                      if v is not None}
         over: dict[str, Any] = {"seed": args.seed}
         if args.steps is not None:
             over["steps"] = args.steps
@@ -847,20 +929,22 @@ def run_train_retriever(out: Path, cfg: LiTTrainConfig, *, n_images: int, eval_i
     eval_worlds = make_worlds(out / "worlds", [("captioning", eval_images), ("truematch", eval_images)], eval_seed,
                               progress=progress)
 
-    # Baselines share the towers and the cached features, so they cost only their projections.
+    # Baselines share the towers and the cached features, so they cost only their projections (the ridge map
+    # reads pooled features: with an attention pool those are one more cached pass of each tower).
     train_sets = [read_imagefolder(w, check_images=False) for w in train_worlds]
     pairs = _pairs(train_sets, cfg.splits)
-    feats = torch.cat([image_feature_table(model, ds, progress=progress) for ds in train_sets])
+    pooled = _pooled_twin(model)
+    feats = torch.cat([image_feature_table(pooled, ds, progress=progress) for ds in train_sets])
     offsets, acc = [], 0
     for ds in train_sets:
         offsets.append(acc)
         acc += len(ds)
     feats = feats[torch.tensor([offsets[d] + i for d, i in pairs.rows])]
-    texts_all = text_feature_table(_frozen_twin(model), pairs.texts, progress=progress)
+    texts_all = text_feature_table(pooled, pairs.texts, progress=progress)
     # Ridge targets: each image's dense caption where it has one, else its first human caption.
     target = torch.where(pairs.dense >= 0, pairs.dense, pairs.human[:, 0])
     ridge = fit_ridge_retriever(feats, texts_all[target], image_encoder=model.image_encoder,
-                                text_encoder=_frozen_twin(model).text_encoder, config=model.config)
+                                text_encoder=pooled.text_encoder, config=model.config)
     torch.manual_seed(cfg.seed)
     untrained = LiTRetriever(model.config, image_encoder=model.image_encoder,
                              text_encoder=_frozen_twin(model).text_encoder, name="untrained")
@@ -871,10 +955,10 @@ def run_train_retriever(out: Path, cfg: LiTTrainConfig, *, n_images: int, eval_i
     evaluation: dict[str, Any] = {}
     for world in eval_worlds:
         ds = read_imagefolder(world, check_images=False)
-        img = image_feature_table(model, ds, progress=progress)
         for name, m in (("lit", model), ("untrained", untrained), ("ridge", ridge)):
+            img = image_feature_table(m, ds, progress=progress)  # cached: lit and untrained share one table
             evaluation.setdefault(name, {})[world.name] = score_retrieval(
-                ds, m.embed_image_features(img).detach(), _text_embedder(m, progress), seed=eval_seed)
+                ds, _embed_table(m.embed_image_features, img), _text_embedder(m, progress), seed=eval_seed)
     summary = _headline(evaluation)
     results = {
         "headline": summary,
@@ -906,6 +990,30 @@ def _frozen_twin(model: LiTRetriever) -> LiTRetriever:
     return twin
 
 
+def _embed_table(embed: Callable[[torch.Tensor], torch.Tensor], table: torch.Tensor) -> torch.Tensor:
+    """``embed(table)`` without gradients; token / map tables (3-D and up) in chunks of 256 rows, whose head
+    activations would not fit at once."""
+    with torch.no_grad():
+        if table.ndim <= 2 or len(table) <= 256:
+            return embed(table)
+        return torch.cat([embed(table[k:k + 256]) for k in range(0, len(table), 256)])
+
+
+def _pooled_twin(model: LiTRetriever) -> LiTRetriever:
+    """``model`` itself when it is locked and mean-pooled on both sides; else a locked, mean-pooled model on
+    the same image tower and an untouched MiniLM (cached), whose feature tables the ridge baseline reads."""
+    c = model.config
+    if not model.text_trainable and c.text_pool == c.image_pool == "mean":
+        return model
+    twin = getattr(model, "_pooled_twin_cache", None)
+    if twin is None:
+        cfg = dataclasses.replace(c, unfreeze_text_layers=0, text_pool="mean", image_pool="mean")
+        twin = LiTRetriever(cfg, image_encoder=model.image_encoder, text_encoder=_frozen_twin(model).text_encoder,
+                            name="pooled-twin")
+        object.__setattr__(model, "_pooled_twin_cache", twin)  # not a submodule: never saved
+    return twin
+
+
 def _text_embedder(model: LiTRetriever, progress: bool) -> Callable[[list[str]], torch.Tensor]:
     if model.text_trainable:
         return lambda texts: model.encode_texts(texts)
@@ -914,8 +1022,7 @@ def _text_embedder(model: LiTRetriever, progress: bool) -> Callable[[list[str]],
         distinct = sorted(set(texts), key=lambda t: (-len(t), t))
         table = text_feature_table(model, distinct, progress=progress)
         index = {t: k for k, t in enumerate(distinct)}
-        with torch.no_grad():
-            return model.embed_text_features(table[torch.tensor([index[t] for t in texts])])
+        return _embed_table(model.embed_text_features, table[torch.tensor([index[t] for t in texts], dtype=torch.long)])
 
     return embed
 

@@ -38,8 +38,11 @@ def feature_cache_key(encoder_name: str, kind: str, preprocessing: dict, files: 
 
 def cached_features(key: str, n: int, compute: Callable[[Sequence[int]], torch.Tensor], *,
                     batch_size: int = 64, cache_dir: str | Path | None = None, progress: bool = True,
-                    desc: str = "features") -> torch.Tensor:
+                    desc: str = "features", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Features of items ``0..n-1``: read from the cache, or computed in batches by ``compute(indices)``.
+
+    ``dtype`` is what is kept in memory and on disk (``torch.float16`` halves large token or feature-map
+    tables; put it in ``key`` too).
 
     Example:
         >>> import tempfile
@@ -60,12 +63,12 @@ def cached_features(key: str, n: int, compute: Callable[[Sequence[int]], torch.T
         feats = load_file(str(path))["features"]
         if feats.shape[0] == n:
             logger.info("features from cache %s", path)
-            return feats
+            return feats.to(dtype)
         logger.warning("feature cache %s has %d rows, expected %d: recomputing", path, feats.shape[0], n)
     chunks = []
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress):
         with torch.inference_mode():
-            chunks.append(compute(list(range(start, min(start + batch_size, n)))).float().cpu())
+            chunks.append(compute(list(range(start, min(start + batch_size, n)))).to(dtype).cpu())
     feats = torch.cat(chunks) if chunks else torch.empty(0)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
