@@ -17,26 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def fact_scores(captions: dict[str, str], scenes: dict[str, object]) -> dict:
-    """Facts per caption and hallucination rate of ``{id: caption}`` against ``{id: Scene}``.
-
-    Example:
-        >>> from vlm.world import Scene, Thing
-        >>> s = {"0": Scene("grass", [Thing("shape", "red", "large", 0.5, 0.5, shape="circle")])}
-        >>> fact_scores({"0": "A large blue circle on the grass."}, s)
-        {'captions': 1, 'facts_per_caption': 5.0, 'hallucination_rate': 0.4}
-    """
-    from vlm.world.facts import score_caption
-
-    stated = unsupported = 0
-    for k, cap in captions.items():
-        r = score_caption(cap, scenes[k])
-        stated += r["facts"]
-        unsupported += r["unsupported"]
-    n = len(captions)
-    return {"captions": n, "facts_per_caption": round(stated / max(n, 1), 4),
-            "hallucination_rate": round(unsupported / max(stated, 1), 4)}
+from vlm.world.facts import fact_scores  # noqa: F401  (re-exported: benchmarks.fact_scores)
 
 
 def world_baselines(records, scenes) -> dict[str, dict]:

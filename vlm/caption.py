@@ -46,15 +46,11 @@ def score_predictions(preds: dict[str, str], ds: Any) -> dict:
     out = {k: round(float(v), 6) for k, v in caption_scores(refs, preds).items() if isinstance(v, (int, float))}
     if all(by_id[k].extra.get("scene") for k in preds):
         from vlm.world import Scene
-        from vlm.world.facts import score_caption
+        from vlm.world.facts import fact_scores
 
-        stated = unsupported = 0
-        for k, cap in preds.items():
-            r = score_caption(cap, Scene.from_dict(by_id[k].extra["scene"]))
-            stated += r["facts"]
-            unsupported += r["unsupported"]
-        out["facts_per_caption"] = round(stated / max(len(preds), 1), 4)
-        out["hallucination_rate"] = round(unsupported / max(stated, 1), 4)
+        facts = fact_scores(preds, {k: Scene.from_dict(by_id[k].extra["scene"]) for k in preds})
+        out["facts_per_caption"] = facts["facts_per_caption"]
+        out["hallucination_rate"] = facts["hallucination_rate"]
     words = [w for p in preds.values() for w in p.lower().replace(".", " ").split()]
     out["mean_length_words"] = round(len(words) / max(len(preds), 1), 3)
     out["vocabulary"] = len(set(words))

@@ -161,7 +161,10 @@ class SelfRetrievalReward:
     def scores(self, texts: Sequence[str], image_index: Sequence[int],
                candidates: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         """The rewards as a ``(B,)`` tensor."""
-        sim, target, mask = self.similarities(texts, image_index, candidates)
+        return self.from_similarities(*self.similarities(texts, image_index, candidates))
+
+    def from_similarities(self, sim: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The rewards of :meth:`similarities`' output (other rewards of the same captions need no re-encoding)."""
         if self.kind == "contrastive":
             return contrastive_reward(sim, target, scale=self.scale, mask=mask)
         if self.kind == "recall":

@@ -152,7 +152,7 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
 
     from vlm.models import create_captioner
     from vlm.retrieval import load_retriever
-    from vlm.rewards import CIDErReward, SelfRetrievalReward
+    from vlm.rewards import CIDErReward, SelfRetrievalReward, recall_reward
     from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
     from vlm.train.mle import _features_for, _trainable_state, append_jsonl, resolve_dataset
 
@@ -254,22 +254,22 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
         cand_rep = [c for c in cands for _ in range(n)]
 
         def reward_of(txts, ix, cs):
-            r = sr_reward.scores(txts, ix, cs)
+            sim, target, mask = sr_reward.similarities(txts, ix, cs)  # one retriever pass per caption set
+            r = sr_reward.from_similarities(sim, target, mask)
             if cider is not None:
                 r = r + cfg.cider_weight * cider.scores(txts, ix)
-            return r
+            return r, recall_reward(sim, target, mask=mask)
 
         with torch.no_grad():
-            rewards = reward_of(texts, idx, cand_rep).view(len(anchors), n)
-            hit = SelfRetrievalReward(retriever, img_emb, kind="recall").scores(texts, idx, cand_rep) \
-                if cfg.reward != "recall" else rewards.flatten()
+            rewards, hit = reward_of(texts, idx, cand_rep)
+            rewards = rewards.view(len(anchors), n)
             if cfg.baseline == "loo":
                 adv = leave_one_out_advantages(rewards)
             elif cfg.baseline == "group":
                 adv = group_normalised_advantages(rewards)
             elif cfg.baseline == "greedy":
                 greedy = model.generate(features=f, max_new_tokens=cfg.max_new_tokens, batch_size=len(anchors))
-                adv = self_critical_advantages(rewards, reward_of(greedy, anchors, cands))
+                adv = self_critical_advantages(rewards, reward_of(greedy, anchors, cands)[0])
             else:
                 adv = baseline.advantages(rewards.flatten()).view_as(rewards)
         model.train()

@@ -145,3 +145,21 @@ def score_caption(caption: str, scene: Scene) -> dict:
     ok = sum(check_fact(f, scene) for f in facts)
     return {"facts": len(facts), "supported": ok, "unsupported": len(facts) - ok}
 
+
+def fact_scores(captions: dict[str, str], scenes: dict[str, object]) -> dict:
+    """Facts per caption and hallucination rate of ``{id: caption}`` against ``{id: Scene}``.
+
+    Example:
+        >>> from vlm.world import Scene, Thing
+        >>> s = {"0": Scene("grass", [Thing("shape", "red", "large", 0.5, 0.5, shape="circle")])}
+        >>> fact_scores({"0": "A large blue circle on the grass."}, s)
+        {'captions': 1, 'facts_per_caption': 5.0, 'hallucination_rate': 0.4}
+    """
+    stated = unsupported = 0
+    for k, cap in captions.items():
+        r = score_caption(cap, scenes[k])
+        stated += r["facts"]
+        unsupported += r["unsupported"]
+    n = len(captions)
+    return {"captions": n, "facts_per_caption": round(stated / max(n, 1), 4),
+            "hallucination_rate": round(unsupported / max(stated, 1), 4)}
