@@ -27,6 +27,8 @@ def test_generate_one_string_per_image_same_as_alone(cap, world):
     images, _ = world
     out = cap.generate(images, max_new_tokens=4)
     assert len(out) == len(images) and all(isinstance(t, str) for t in out)
+    # The random tiny PaliGemma only emits newlines (empty captions); every other family says something.
+    assert any(out) or cap.model.config.model_type == "paligemma"
     assert out == [cap.generate([im], max_new_tokens=4)[0] for im in images]
 
 
@@ -171,3 +173,6 @@ def test_encoder_decoder_folder_without_a_processor_loads(world, tmp_path):
     assert type(again.processor).__name__ == "TrOCRProcessor"
     images, _ = world
     assert again.generate(images, max_new_tokens=4) == cap.generate(images, max_new_tokens=4)
+    lp_a, mask_a = again.token_log_probs(["a red circle."], images=images[:1])
+    lp_b, mask_b = cap.token_log_probs(["a red circle."], images=images[:1])
+    assert torch.equal(mask_a, mask_b) and torch.allclose(lp_a, lp_b, atol=1e-6)

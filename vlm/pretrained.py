@@ -765,12 +765,16 @@ class OpenCLIPImageEncoder(ImageEncoder):
                             for im in images])
 
     def _transform(self, resize_mode: str) -> Callable:
-        from open_clip.transform import image_transform
+        cache = self.__dict__.setdefault("_transforms", {})  # built once per resize mode, not once per batch
+        if resize_mode not in cache:
+            from open_clip.transform import image_transform
 
-        cfg = self.data_config
-        return image_transform(self.image_size, is_train=False, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                               resize_mode=resize_mode, interpolation=cfg.get("interpolation", "bicubic"),
-                               fill_color=cfg.get("fill_color", 0))
+            cfg = self.data_config
+            cache[resize_mode] = image_transform(
+                self.image_size, is_train=False, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                resize_mode=resize_mode, interpolation=cfg.get("interpolation", "bicubic"),
+                fill_color=cfg.get("fill_color", 0))
+        return cache[resize_mode]
 
 
 def _open_clip_image_encoder(spec: str) -> OpenCLIPImageEncoder:
