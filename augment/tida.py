@@ -272,7 +272,9 @@ def plan_edits(record: Record, skills=None, *, captions: str = "all", edits_per_
     skill_objs = resolve_skills(skills)
     key = record_key(record)
     rng = random.Random(stable_seed("tida-select", seed, key))
-    per_caption = [counterfactuals(c, skill_objs) for c in record.captions]
+    # "first" reads caption 0 only; "sample" must know every caption's skill words to draw among them.
+    per_caption = [counterfactuals(c, skill_objs) if captions != "first" or k == 0 else []
+                   for k, c in enumerate(record.captions)]
     if captions == "first":
         chosen = [0]
     elif captions == "sample":
@@ -426,7 +428,13 @@ def _load_source(cfg: TIDAConfig) -> _Source:
     world_seed = cfg.world_seed
     world_json = Path(ds.root) / "world.json"
     if world_seed is None and world_json.is_file():
-        world_seed = int(json.loads(world_json.read_text())["seed"])
+        try:
+            world_seed = int(json.loads(world_json.read_text())["seed"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            from vlm.data import DatasetFormatError
+
+            raise DatasetFormatError(f"not a world marker with an integer 'seed' ({err}); pass --world-seed",
+                                     file=world_json, field="seed") from err
     return _Source(Path(ds.root), records, source_file, lines, list(ds.skipped), world_seed)
 
 
@@ -788,17 +796,16 @@ def _write_edit(out: Path, rec: Record, p: PlannedEdit, result, decision, cfg: T
     captions = [e.edited]
     other = "none"
     if scene is not None:
-        extra["scene"] = scene
-        if cfg.other_captions == "regenerate" and len(rec.captions) > 1:
-            from vlm.world import Scene, human_captions
+        from vlm.world import Scene, dense_caption, human_captions
 
-            captions = human_captions(Scene.from_dict(scene), random.Random(p.seed), len(rec.captions))
+        extra["scene"] = scene
+        edited_scene = Scene.from_dict(scene)
+        if cfg.other_captions == "regenerate" and len(rec.captions) > 1:
+            captions = human_captions(edited_scene, random.Random(p.seed), len(rec.captions))
             captions[p.caption_index] = e.edited
             other = "regenerated"
         if "dense_caption" in rec.extra:
-            from vlm.world import Scene, dense_caption
-
-            extra["dense_caption"] = dense_caption(Scene.from_dict(scene))
+            extra["dense_caption"] = dense_caption(edited_scene)
     extra["tida"] = {
         "source_id": rec.id, "source_file": rec.file_name, "skill": e.skill, "word": e.word,
         "new_word": e.new_word, "phrase": e.phrase, "new_phrase": e.new_phrase, "caption_index": p.caption_index,

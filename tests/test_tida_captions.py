@@ -251,9 +251,11 @@ def test_new_phrase_follows_the_noun_change(counting_with_one):
     assert (edit.word, edit.new_word, edit.phrase, edit.new_phrase) == ("One", "Two", "One dog", "Two dogs")
 
 
-@pytest.mark.parametrize("caption, skills", [(row[0], row[1]) for row in TRICKY])
+@pytest.mark.parametrize("caption, skills", [(row[0], row[1]) for row in TRICKY if row[2]])
 def test_every_edit_changes_the_caption_at_its_word(caption, skills):
-    for e in counterfactuals(caption, skills):
+    edits = counterfactuals(caption, skills)
+    assert edits  # only rows with expected edits are listed here
+    for e in edits:
         assert e.edited != e.caption
         assert e.caption[e.start:e.end] == e.word
         assert e.word.lower() != e.new_word.lower()
