@@ -222,3 +222,82 @@ def test_attention_text_head_tells_captions_with_swapped_attributes_apart(towers
     texts = [r.captions[0] for r in records]
     scores = model.encode_texts(texts) @ model.encode_images(images).T  # (12 captions, 12 images)
     assert (scores.argmax(1) == torch.arange(len(texts))).float().mean().item() == 1.0  # R@1
+
+
+# ---- the conv head over a mid-level map (image_pool="conv", image_level) -------------------------------
+
+
+def test_conv_pool_and_image_level_are_validated():
+    with pytest.raises(ValueError, match="LiTConfig.image_pool must be one of"):
+        LiTConfig(image_pool="max")
+    with pytest.raises(ValueError, match="image_level selects a feature map for a trained image head"):
+        LiTConfig(image_level=3)
+    with pytest.raises(ValueError, match="LiTConfig.image_level must be -1"):
+        LiTConfig(image_pool="conv", image_level=-2)
+    assert LiTConfig(image_pool="conv", image_level=3).identity()["image_level"] == 3
+    assert "image_level" not in LiTConfig().identity()  # the default still hashes as before the field
+
+
+def test_conv_head_keeps_positions_and_checks_the_grid():
+    from vlm.models.lit import ConvPoolHead
+
+    torch.manual_seed(0)
+    head = ConvPoolHead(3, width=8, grid=(6, 6), dropout=0.0).eval()
+    a = torch.zeros(1, 3, 6, 6)
+    a[0, :, 1, 1] = 1.0  # one "thing" top left
+    b = torch.zeros(1, 3, 6, 6)
+    b[0, :, 4, 4] = 1.0  # the same thing bottom right: a mean pool could not tell them apart
+    assert not torch.allclose(head(a), head(b), atol=1e-3)
+    assert head(torch.cat([a, b])).shape == (2, 8)
+    with pytest.raises(ValueError, match=r"ConvPoolHead: a \(5, 5\) map, but the head was built for \(6, 6\)"):
+        head(torch.zeros(1, 3, 5, 5))
+
+
+def test_cli_passes_image_level(tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(contrastive, "run_train_retriever", lambda out, cfg, **kw: seen.setdefault("cfg", cfg) and {})
+    assert contrastive.main(["--out", str(tmp_path), "--quiet", "--image-pool", "conv", "--image-level", "3"]) == 0
+    assert (seen["cfg"].model.image_pool, seen["cfg"].model.image_level) == ("conv", 3)
+    assert contrastive.main(["--out", str(tmp_path), "--quiet", "--image-level", "3", "--image-pool", "mean"]) == 2
+    assert "image_level selects a feature map" in capsys.readouterr().err
+
+
+@pytest.mark.real_weights
+def test_mid_level_maps_are_the_towers_and_a_conv_head_trains(towers, world, feature_cache, tmp_path):
+    from vlm.data import read_imagefolder
+
+    cfg = LiTConfig(**dict(TINY, image_size=64, image_pool="conv", image_level=3))
+    model = LiTRetriever(cfg, **towers)
+    assert model.image_grid == (4, 4)  # level 3 is 16x downsampled: 64 px -> 4x4, 112 channels
+    ds = read_imagefolder(world)
+    px = model.preprocess([ds.image(i) for i in range(5)])
+    feats = model.image_features(px)
+    assert feats.shape == (5, 112, 4, 4) and feats.dtype == torch.float16
+    # The same map as running EfficientNet's stem and first five blocks by hand (blocks.4 is level 3).
+    m = towers["image_encoder"].model
+    with torch.no_grad():
+        x = m.bn1(m.conv_stem(px))
+        for blk in m.blocks[:5]:
+            x = blk(x)
+    assert torch.allclose(feats.float(), x, atol=2e-2, rtol=1e-2)
+    torch.manual_seed(0)
+    out = tmp_path / "run"
+    trained = train_lit(world, _train_cfg(model=cfg), out_dir=out, feature_cache=feature_cache, progress=False,
+                        **towers)
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    assert trained.image_mean.shape == (112,) and float(trained.image_std.min()) > 0
+    maps = image_feature_table(trained, ds, cache_dir=feature_cache, progress=False)
+    assert maps.shape == (32, 112, 4, 4)
+    with torch.no_grad():
+        cached = trained.embed_image_features(maps[:6])
+    assert torch.allclose(cached, trained.encode_images([ds.image(i) for i in range(6)], batch_size=4), atol=1e-4)
+    back = LiTRetriever.from_pretrained(out, **towers)
+    assert torch.equal(back.encode_images([ds.image(0)]), trained.encode_images([ds.image(0)]))
+    assert back.config.image_level == 3 and back.fingerprint == trained.fingerprint
+    # The evaluation's baselines (a mean-pooled twin, the ridge fit) read pooled features, not the level-3 map.
+    twin = contrastive._pooled_twin(trained)
+    assert (twin.config.image_pool, twin.config.image_level) == ("mean", -1)
+    ridge = contrastive.fit_ridge_retriever(torch.randn(40, 1280), torch.randn(40, 384), config=trained.config,
+                                            image_encoder=towers["image_encoder"], text_encoder=twin.text_encoder)
+    assert ridge.encode_images([ds.image(0)]).shape == (1, 384)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from vlm.models.lit import LiTConfig, LiTRetriever
+from vlm.models.lit import IMAGE_POOLS, LiTConfig, LiTRetriever
 from vlm.train.mle import append_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -252,9 +252,9 @@ def image_feature_table(model: LiTRetriever, dataset: CaptionDataset, *, batch_s
                         cache_dir: str | os.PathLike | None = None, progress: bool = True) -> torch.Tensor:
     """Locked-tower features of every image (:meth:`LiTRetriever.image_features`), cached on disk.
 
-    ``image_pool="mean"``: pooled ``(len(dataset), 1280)`` float32. ``"attention"``: feature maps
-    ``(len(dataset), 1280, h, w)`` float16 (4,500 images at 224 px: 4,500 x 49 x 1280 x 2 bytes = 0.56 GB,
-    on disk and in memory).
+    ``image_pool="mean"``: pooled ``(len(dataset), 1280)`` float32. ``"attention"``/``"conv"``: feature maps
+    at ``image_level`` ``(len(dataset), C, h, w)`` float16 (4,500 images at 224 px, the last map: 4,500 x 49 x
+    1280 x 2 bytes = 0.56 GB; level 3: 4,500 x 196 x 112 x 2 bytes = 0.20 GB; on disk and in memory).
 
     The cache key (:func:`vlm.train.features.feature_cache_key`) covers the encoder, the feature kind, the
     preprocessing (whole image, ``image_size``) and every image file's path, size and modification time.
@@ -264,8 +264,9 @@ def image_feature_table(model: LiTRetriever, dataset: CaptionDataset, *, batch_s
     cfg = model.config
     pre = {"center_crop": False, "image_size": cfg.image_size,
            "interpolation": model.image_encoder.data_config.get("interpolation")}
-    spatial = cfg.image_pool == "attention"
-    key = feature_cache_key(cfg.image_encoder, "spatial-fp16" if spatial else "pooled", pre,
+    spatial = cfg.image_pool != "mean"
+    kind = "pooled" if not spatial else "spatial-fp16" if cfg.image_level == -1 else f"level{cfg.image_level}-fp16"
+    key = feature_cache_key(cfg.image_encoder, kind, pre,
                             [dataset.path(i) for i in range(len(dataset))])
     return cached_features(
         key, len(dataset), lambda idx: model.image_features(model.preprocess([dataset.image(i) for i in idx])),
@@ -710,7 +711,7 @@ def fit_ridge_retriever(image_features: torch.Tensor, text_features: torch.Tenso
     base = config or LiTConfig()
     d_txt = text_features.shape[1]
     cfg = dataclasses.replace(base, image_proj="linear", text_proj="linear", embed_dim=d_txt, unfreeze_text_layers=0,
-                              text_pool="mean", image_pool="mean")
+                              text_pool="mean", image_pool="mean", image_level=-1)
     model = LiTRetriever(cfg, image_encoder=image_encoder, text_encoder=text_encoder, name="ridge-baseline")
     mean, std = image_features.mean(0), image_features.std(0).clamp(min=1e-4)
     x = ((image_features - mean) / std).double()
@@ -864,9 +865,12 @@ def _build_parser():
     p.add_argument("--text-pool", choices=("mean", "attention"), default=None,
                    help="MiniLM's mean-pooled sentence embedding, or a trained attention head over its cached "
                         "token states (LiTConfig.text_pool; default mean)")
-    p.add_argument("--image-pool", choices=("mean", "attention"), default=None,
-                   help="EfficientNet's pooled features, or a trained attention head over its cached 7x7 "
-                        "feature map (LiTConfig.image_pool; default mean)")
+    p.add_argument("--image-pool", choices=IMAGE_POOLS, default=None,
+                   help="EfficientNet's pooled features, or a trained attention or conv head over one of its cached "
+                        "feature maps (LiTConfig.image_pool; default: the default recipe's)")
+    p.add_argument("--image-level", type=int, default=None,
+                   help="the feature map the image head reads: -1 the last (7x7), 3 the 14x14 mid level "
+                        "(LiTConfig.image_level; default: the default recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return p
@@ -892,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = default_train_config()
         model_over = {k: v for k, v in (("image_size", args.image_size),
                                          ("unfreeze_text_layers", args.unfreeze_text_layers),
-                                         ("text_pool", args.text_pool), ("image_pool", args.image_pool))
+                                         ("text_pool", args.text_pool), ("image_pool", args.image_pool),
+                                         ("image_level", args.image_level))
                       if v is not None}
         over: dict[str, Any] = {"seed": args.seed}
         if args.steps is not None:
@@ -1007,7 +1012,8 @@ def _pooled_twin(model: LiTRetriever) -> LiTRetriever:
         return model
     twin = getattr(model, "_pooled_twin_cache", None)
     if twin is None:
-        cfg = dataclasses.replace(c, unfreeze_text_layers=0, text_pool="mean", image_pool="mean")
+        cfg = dataclasses.replace(c, unfreeze_text_layers=0, text_pool="mean", image_pool="mean",
+                                  image_level=-1)
         twin = LiTRetriever(cfg, image_encoder=model.image_encoder, text_encoder=_frozen_twin(model).text_encoder,
                             name="pooled-twin")
         object.__setattr__(model, "_pooled_twin_cache", twin)  # not a submodule: never saved
