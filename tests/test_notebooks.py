@@ -9,10 +9,15 @@ import pytest
 matplotlib.use("Agg")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+# What each notebook must print: its cells ran to the end and did what the text says.
+EXPECTED = {
+    "01_world_and_pretrained.ipynb": ["women in a kitchen"],
+    "02_tida.ipynb": ["->  A man rides his bike.", "written:", '"edited_caption": '],
+}
 
 
 def test_there_are_notebooks():
-    assert NOTEBOOKS
+    assert NOTEBOOKS and sorted(EXPECTED) == [p.name for p in NOTEBOOKS]
 
 
 @pytest.mark.real_weights
@@ -30,4 +35,5 @@ def test_notebook_runs(path, tmp_path, monkeypatch, capsys):
 
     plt.close("all")
     out = capsys.readouterr().out
-    assert "women in a kitchen" in out
+    for text in EXPECTED[path.name]:
+        assert text in out, f"{path.name}: expected {text!r} in its output"
