@@ -90,6 +90,10 @@ def test_lora_trains_only_adapters_and_mapper(tokenizer):
     (dict(mapper="rnn"), "mapper"),
     (dict(feature_kind="spatial"), "transformer"),
     (dict(lm_training="half"), "lm_training"),
+    (dict(feature_kind="level:3"), "need mapper='transformer'"),
+    (dict(feature_kind="level:x", mapper="transformer"), "expected 'level:<k>'"),
+    (dict(feature_kind="pooled", spatial_pool=2), "spatial_pool pools a feature map"),
+    (dict(feature_kind="spatial", mapper="transformer", spatial_pool=0), "spatial_pool must be"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -99,3 +103,25 @@ def test_config_validation(bad, match):
 def test_config_from_dict_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown keys"):
         PrefixCaptionerConfig.from_dict({"prefix_len": 3})
+
+
+def test_mid_level_tokens_come_from_the_encoders_intermediate_map(world, tokenizer):
+    images, caps, _ = world
+    m = _model(tokenizer, feature_kind="level:2", mapper="transformer", mapper_hidden=32, mapper_layers=1,
+               spatial_pool=2)
+    enc = m.image_encoder
+    level2 = enc.model.feature_info[2]
+    assert m.mapper.proj_in.in_features == level2["num_chs"]
+    px = m.preprocess(images[:3])
+    fmap = enc.feature_level(px, 2)  # (B, C, H, W), H = image side / reduction
+    assert fmap.shape[1] == level2["num_chs"] and fmap.shape[2] == px.shape[2] // level2["reduction"]
+    tokens = m.image_features(px)
+    pooled = torch.nn.functional.avg_pool2d(fmap, 2, ceil_mode=True)
+    assert tokens.shape == (3, pooled.shape[2] * pooled.shape[3], fmap.shape[1])
+    assert torch.allclose(tokens, pooled.flatten(2).transpose(1, 2), atol=1e-5)
+    batch = {"images": images[:4], "captions": caps[:4]}
+    assert torch.isfinite(m.loss(batch))
+    out = m.generate(images[:2], max_new_tokens=4)
+    assert len(out) == 2 and all(isinstance(c, str) for c in out)
+    with pytest.raises(ValueError, match="feature level 9"):
+        enc.features(px, kind="level:9")

@@ -423,18 +423,11 @@ class LiTRetriever(nn.Module):
     def _feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The image tower's map at ``image_level`` (-1: the last, ``forward_features``), float32."""
         level = self.config.image_level
-        if level == -1:
-            return self.image_encoder.features(pixel_values, kind="spatial")
-        model = self.image_encoder.model
-        levels = len(getattr(model, "feature_info", []) or [])
-        if not hasattr(model, "forward_intermediates") or level >= levels:
-            raise ValueError(f"LiTConfig.image_level={level}: {self.config.image_encoder} has "
-                             f"{levels} feature levels (0..{levels - 1}) reachable through forward_intermediates")
-        chunk = self.image_encoder.cpu_chunk if pixel_values.device.type == "cpu" else 0
-        parts = [pixel_values[i:i + chunk] for i in range(0, len(pixel_values), chunk)] if chunk else [pixel_values]
-        return torch.cat([model.forward_intermediates(p.contiguous(memory_format=torch.channels_last),
-                                                      indices=[level], intermediates_only=True)[0]
-                          for p in parts])
+        kind = "spatial" if level == -1 else f"level:{level}"
+        try:
+            return self.image_encoder.features(pixel_values, kind=kind)
+        except ValueError as err:
+            raise ValueError(f"LiTConfig.image_level={level}: {err}") from None
 
     def _text_layers(self) -> nn.ModuleList:
         encoder = getattr(self.text_encoder.model, "encoder", None)

@@ -38,7 +38,13 @@ class PrefixCaptionerConfig:
     """A :func:`vlm.pretrained.load_image_encoder` name: built-in, timm folder/hub id, ``scratch:<arch>``, or
     an open_clip image tower (``open_clip:ViT-B-32:openai``, ``open_clip:/path/config.json:random`` ...)."""
     feature_kind: str = "pooled"
-    """``"pooled"`` (B, C) image features, or ``"spatial"`` (B, H*W, C) tokens (needs the transformer mapper)."""
+    """``"pooled"`` (B, C) image features, ``"spatial"`` (B, H*W, C) tokens of the last feature map, or
+    ``"level:<k>"`` tokens of the encoder's k-th intermediate map (:meth:`vlm.pretrained.ImageEncoder.feature_level`;
+    ``"level:3"`` is EfficientNet-Lite0's (112, 14, 14), which still sees counts and sizes that the ImageNet top
+    layers discard). Tokens need the transformer mapper."""
+    spatial_pool: int = 1
+    """Average-pool the feature map by this factor before it becomes tokens (2: a 14x14 map gives 49 tokens,
+    a quarter of the mapper's attention cost)."""
     center_crop: bool = False
     """Centre-crop in preprocessing (ImageNet eval style); False keeps objects near the border."""
     language_model: str = "scratch"
@@ -69,12 +75,26 @@ class PrefixCaptionerConfig:
     """Captions are truncated to this many tokens in training."""
 
     def __post_init__(self):
-        if self.feature_kind not in ("pooled", "spatial"):
-            raise ValueError(f"PrefixCaptionerConfig.feature_kind must be 'pooled' or 'spatial', got {self.feature_kind!r}")
+        if self.feature_kind not in ("pooled", "spatial") and not self.feature_kind.startswith("level:"):
+            raise ValueError(f"PrefixCaptionerConfig.feature_kind must be 'pooled', 'spatial' or 'level:<k>', "
+                             f"got {self.feature_kind!r}")
+        if self.feature_kind.startswith("level:"):
+            from vlm.pretrained import feature_level_index
+
+            try:
+                feature_level_index(self.feature_kind)
+            except ValueError as err:
+                raise ValueError(f"PrefixCaptionerConfig.feature_kind: {err}") from None
         if self.mapper not in ("mlp", "transformer"):
             raise ValueError(f"PrefixCaptionerConfig.mapper must be 'mlp' or 'transformer', got {self.mapper!r}")
-        if self.feature_kind == "spatial" and self.mapper == "mlp":
-            raise ValueError("PrefixCaptionerConfig: spatial features need mapper='transformer'")
+        if self.feature_kind != "pooled" and self.mapper == "mlp":
+            raise ValueError(f"PrefixCaptionerConfig: {self.feature_kind!r} features are tokens and need "
+                             "mapper='transformer'")
+        if not isinstance(self.spatial_pool, int) or self.spatial_pool < 1:
+            raise ValueError(f"PrefixCaptionerConfig.spatial_pool must be an integer >= 1, got {self.spatial_pool!r}")
+        if self.spatial_pool > 1 and self.feature_kind == "pooled":
+            raise ValueError("PrefixCaptionerConfig.spatial_pool pools a feature map: use it with feature_kind "
+                             "'spatial' or 'level:<k>'")
         for f in ("image_encoder_training", "lm_training"):
             if getattr(self, f) not in _TRAINING_MODES:
                 raise ValueError(f"PrefixCaptionerConfig.{f} must be one of {_TRAINING_MODES}, got {getattr(self, f)!r}")
@@ -164,6 +184,15 @@ class PrefixCaptioner(nn.Module):
         c = image_encoder.num_features
         if config.feature_kind == "spatial":  # an open_clip ViT's tokens are wider than its pooled embedding
             c = getattr(image_encoder, "num_spatial_features", c)
+        elif config.feature_kind.startswith("level:"):
+            from vlm.pretrained import feature_level_index
+
+            info = getattr(image_encoder.model, "feature_info", None)
+            level = feature_level_index(config.feature_kind)
+            if not info or level >= len(info):
+                raise ValueError(f"PrefixCaptionerConfig.feature_kind={config.feature_kind!r}: the image encoder "
+                                 f"has {len(info or [])} feature levels")
+            c = int(info[level]["num_chs"])
         if config.mapper == "mlp":
             self.mapper = MLPMapper(c, d_lm, config.prefix_length, config.mapper_hidden)
         else:
@@ -197,6 +226,8 @@ class PrefixCaptioner(nn.Module):
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             f = self.image_encoder.features(pixel_values.to(self.device), kind=self.config.feature_kind)
         if f.ndim == 4:  # (B, C, H, W) -> (B, H*W, C)
+            if self.config.spatial_pool > 1:
+                f = nn.functional.avg_pool2d(f, self.config.spatial_pool, ceil_mode=True)
             f = f.flatten(2).transpose(1, 2)
         return f.float()
 

@@ -245,7 +245,8 @@ def _features_for(model, ds, *, progress: bool) -> torch.Tensor:
 
     cfg = model.config
     fp = getattr(model.image_encoder, "fingerprint", "")  # open_clip towers: weights + config identity
-    key = feature_cache_key(cfg.image_encoder + (f"#{fp}" if fp else ""), cfg.feature_kind,
+    kind = cfg.feature_kind + (f"/pool{cfg.spatial_pool}" if getattr(cfg, "spatial_pool", 1) > 1 else "")
+    key = feature_cache_key(cfg.image_encoder + (f"#{fp}" if fp else ""), kind,
                             {"center_crop": cfg.center_crop},
                             [ds.path(i) for i in range(len(ds))])
     return cached_features(key, len(ds), lambda idx: model.image_features(model.preprocess([ds.image(i) for i in idx])),
