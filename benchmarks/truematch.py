@@ -730,6 +730,51 @@ class TrueMatchResult:
     data: TrueMatchData
     """The pool and its bags."""
 
+    def by_edit(self) -> dict[str, dict[str, float | int]]:
+        """Which details the captions and the retriever tell apart: for a world's bags (records with
+        ``bag.edits``), per kind of edit (``"count"``, ``"color+size"`` ... the edits that made a member from
+        its bag's first image, which is ``"none"``):
+
+        - ``R@1``: the members' share of hits within their bags (the TrueMatch protocol);
+        - ``vs_base``: over every member with that edit and its bag's first image, the share of the two
+          one-against-one choices that are right (the member's caption prefers the member's image to the first
+          image, and the first image's caption the first image to the member's), so one edit is judged alone;
+        - ``n``: members.
+
+        Empty when the data has no edit records (the public layout).
+
+        Example:
+            >>> import torch
+            >>> from vlm.data import Record
+            >>> recs = [Record("a.png", ["x"], extra={"bag": {"edits": e}}) for e in ([], ["count"], ["color"])]
+            >>> sims = torch.tensor([[[.9, .1, .5], [.2, .8, .1], [.6, .1, .4]]])  # caption i vs image j
+            >>> data = TrueMatchData(["a", "b", "c"], [Path("a"), Path("b"), Path("c")], {3: [[0, 1, 2]]}, "t",
+            ...                      records=recs)
+            >>> scores = TrueMatchScores({3: sims}, {3: torch.tensor([[True, True, False]])}, torch.zeros(0, 1),
+            ...                          torch.zeros(0, 1), torch.zeros(0, dtype=torch.bool), torch.zeros(3))
+            >>> TrueMatchResult({}, {}, ["x"] * 3, scores, data).by_edit()["color"]
+            {'R@1': 0.0, 'vs_base': 0.5, 'n': 1}
+        """
+        if not self.data.records:
+            return {}
+        hits: dict[str, list[int]] = {}
+        pairs: dict[str, list[float]] = {}
+        for size, bag_list in sorted(self.data.bags.items()):
+            sims, bag_hits = self.scores.bag_sims[size], self.scores.bag_hits[size]
+            for b, bag in enumerate(bag_list):
+                for i, t in enumerate(bag):
+                    edits = (self.data.records[t].extra.get("bag") or {}).get("edits")
+                    if edits is None:
+                        return {}
+                    kind = "+".join(sorted(edits)) or "none"
+                    hits.setdefault(kind, []).append(int(bag_hits[b, i]))
+                    if i and kind != "none":
+                        own = float(sims[b, i, i] > sims[b, i, 0]) + float(sims[b, 0, 0] > sims[b, 0, i])
+                        pairs.setdefault(kind, []).append(own / 2)
+        return {k: {"R@1": sum(v) / len(v), "vs_base": (sum(pairs[k]) / len(pairs[k])) if pairs.get(k) else None,
+                    "n": len(v)}
+                for k, v in sorted(hits.items(), key=lambda kv: (-len(kv[1]), kv[0]))}
+
     def items(self) -> list[dict[str, Any]]:
         """One row per bag member: its caption, whether it hit, and the image it was closest to."""
         rows = []
@@ -941,6 +986,9 @@ def run_truematch(config: TrueMatchConfig) -> dict[str, Any]:
     n_rd = result.counts["candidates/RD100"]
     results = {**result.metrics, "counts": result.counts,
                "chance": {**{f"bag{k}": 1 / k for k in sorted(data.bags)}, "RD100": 1 / n_rd if n_rd else None}}
+    by_edit = result.by_edit()
+    if by_edit:
+        results["by_edit"] = by_edit
     resolved = {**dataclasses.asdict(config), "retriever_name": retriever.name,
                 "retriever_fingerprint": getattr(retriever, "fingerprint", None), "data": data.source,
                 "tie_tol": TIE_TOL, "cache_dir": None if cache is None else str(cache.root)}
@@ -950,8 +998,27 @@ def run_truematch(config: TrueMatchConfig) -> dict[str, Any]:
                             "the images of its bag (R@1), or among itself and random distractors from the whole "
                             f"pool (RD100). A tie with a distractor (margin <= {TIE_TOL:g}) counts as a miss. "
                             "CLIPScore = 100 * max(cos(image, caption), 0), averaged. Per-item rows: "
-                            "truematch_items.jsonl."})
+                            "truematch_items.jsonl.",
+                            **({"By edit": _by_edit_table(by_edit)} if by_edit else {})})
     return results
+
+
+def _by_edit_table(by_edit: Mapping[str, Mapping[str, Any]]) -> str:
+    """A markdown table of :meth:`TrueMatchResult.by_edit`.
+
+    Example:
+        >>> print(_by_edit_table({"count": {"R@1": 0.5, "vs_base": 0.625, "n": 8}}))
+        The edits that made a member from its bag's first image: R@1 within bags, and the share of right one-against-one choices between the member and the first image (vs_base).
+        <BLANKLINE>
+        | edit | members | R@1 | vs_base |
+        |---|---|---|---|
+        | count | 8 | 0.500 | 0.625 |
+    """
+    rows = [f"| {k} | {v['n']} | {v['R@1']:.3f} | {'-' if v['vs_base'] is None else format(v['vs_base'], '.3f')} |"
+            for k, v in by_edit.items()]
+    return ("The edits that made a member from its bag's first image: R@1 within bags, and the share of right "
+            "one-against-one choices between the member and the first image (vs_base).\n\n"
+            "| edit | members | R@1 | vs_base |\n|---|---|---|---|\n" + "\n".join(rows))
 
 
 def build_parser() -> argparse.ArgumentParser:

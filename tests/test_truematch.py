@@ -412,6 +412,17 @@ def test_cli_on_world_with_tiny_open_clip(world, tiny_config, tmp_path, capsys):
     img = r.encode_images([data.image(i) for i in range(15)])
     txt = r.encode_texts(tm.read_captions("reference:dense_caption", data))
     assert results["CLIPScore"] == pytest.approx(float(100 * (img * txt).sum(1).clamp_min(0).mean()), abs=1e-4)
+    # Per edit kind: every member counted once, first images as "none"; R@1 recomputed from the item rows.
+    by_edit = results["by_edit"]
+    assert sum(v["n"] for v in by_edit.values()) == 15
+    assert by_edit["none"]["n"] == sum(len(bags) for bags in data.bags.values())  # one first image per bag
+    items = [json.loads(line) for line in (out / "truematch_items.jsonl").read_text().splitlines()]
+    edits = {r.id: "+".join(sorted(r.extra["bag"]["edits"])) or "none" for r in data.records}
+    for kind, v in by_edit.items():
+        rows = [it for it in items if edits[it["image_id"]] == kind]
+        assert v["R@1"] == pytest.approx(sum(it["hit"] for it in rows) / len(rows))
+        assert (v["vs_base"] is None) == (kind == "none") and (kind == "none" or 0 <= v["vs_base"] <= 1)
+    assert "| edit | members | R@1 | vs_base |" in (out / "truematch.md").read_text()
 
 
 def test_cli_reports_bad_input_without_a_traceback(public, tmp_path, capsys):
