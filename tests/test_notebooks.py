@@ -13,6 +13,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 EXPECTED = {
     "01_world_and_pretrained.ipynb": ["women in a kitchen"],
     "02_tida.ipynb": ["->  A man rides his bike.", "written:", '"edited_caption": '],
+    "03_train_and_caption.ipynb": ["steps: 120", "'hallucination_rate'", "wrong facts by kind:"],
 }
 
 
