@@ -301,3 +301,18 @@ def test_mid_level_maps_are_the_towers_and_a_conv_head_trains(towers, world, fea
     ridge = contrastive.fit_ridge_retriever(torch.randn(40, 1280), torch.randn(40, 384), config=trained.config,
                                             image_encoder=towers["image_encoder"], text_encoder=twin.text_encoder)
     assert ridge.encode_images([ds.image(0)]).shape == (1, 384)
+
+
+@pytest.mark.real_weights
+def test_captions_that_fill_the_token_budget_are_logged_on_a_cache_hit_too(trained, feature_cache, caplog):
+    model, _ = trained
+    long = "two large blue squares and three small green stars on a beach at night " * 3
+    for _ in range(2):  # computed, then read from the cache
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=contrastive.logger.name):
+            text_feature_table(model, ["a red circle", long], cache_dir=feature_cache, progress=False)
+        assert "1 of 2 captions fill LiTConfig.text_max_tokens=24 tokens" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=contrastive.logger.name):
+        text_feature_table(model, ["a red circle"], cache_dir=feature_cache, progress=False)
+    assert "captions fill" not in caplog.text

@@ -281,8 +281,8 @@ def text_feature_table(model: LiTRetriever, texts: Sequence[str], *, batch_size:
 
     ``text_pool="mean"``: pooled embeddings ``(len(texts), 384)`` float32. ``"attention"``: token states
     ``(len(texts), text_max_tokens, 384)`` float16, zero rows for padding (the default retriever's 21.6k
-    distinct captions at 80 tokens: 1.3 GB, on disk and in memory). Captions longer than ``text_max_tokens``
-    tokens are logged (their tail is cut).
+    distinct captions at 80 tokens: 1.3 GB, on disk and in memory). Captions that fill ``text_max_tokens``
+    tokens are logged (a longer one's tail is cut).
 
     Only valid while the text tower is locked (``unfreeze_text_layers == 0``).
     """
@@ -301,10 +301,12 @@ def text_feature_table(model: LiTRetriever, texts: Sequence[str], *, batch_size:
                             batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc="text features",
                             dtype=torch.float16 if tokens else torch.float32)
     if tokens and len(texts):
-        cut = sum(len(ids) > cfg.text_max_tokens for ids in model.text_encoder.tokenizer(list(texts))["input_ids"])
-        if cut:
-            logger.warning("%d of %d captions are longer than LiTConfig.text_max_tokens=%d tokens: their ends "
-                           "are not read by the attention text head", cut, len(texts), cfg.text_max_tokens)
+        # A caption whose last kept position holds a real token filled the budget and may have been cut (read
+        # from the table itself: a cache hit does not tokenise every caption again).
+        full = int(table[:, -1].ne(0).any(-1).sum())
+        if full:
+            logger.warning("%d of %d captions fill LiTConfig.text_max_tokens=%d tokens: any words beyond are not "
+                           "read by the attention text head", full, len(texts), cfg.text_max_tokens)
     return table
 
 
