@@ -12,3 +12,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["FINECAP_CACHE"] = tempfile.mkdtemp(prefix="finecap-test-cache-")
 
 import vlm  # noqa: E402,F401  (installs the torchvision fix)
+
+
+# ---- shared by the LiT tests (test_lit_retriever.py, test_lit_pooling.py) ---------------------------------
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def towers():
+    """The real locked towers (EfficientNet-Lite0, MiniLM), loaded once per session."""
+    from vlm.pretrained import load_image_encoder, load_text_encoder
+
+    return {"image_encoder": load_image_encoder(), "text_encoder": load_text_encoder()}
+
+
+@pytest.fixture(scope="session")
+def lit_world(tmp_path_factory):
+    """A 32-image captioning world at 48 px (read-only for the tests that use it)."""
+    from vlm.world import generate_world
+
+    return generate_world(tmp_path_factory.mktemp("lit") / "world", n=32, seed=0, preset="captioning", image_size=48)
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory):
+    """One on-disk feature cache for the LiT tests (entries are keyed by encoder, kind and files)."""
+    return tmp_path_factory.mktemp("features")

@@ -25,22 +25,8 @@ def _train_cfg(**kw):
 
 
 @pytest.fixture(scope="module")
-def towers():
-    from vlm.pretrained import load_image_encoder, load_text_encoder
-
-    return {"image_encoder": load_image_encoder(), "text_encoder": load_text_encoder()}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from vlm.world import generate_world
-
-    return generate_world(tmp_path_factory.mktemp("lit") / "world", n=32, seed=0, preset="captioning", image_size=48)
-
-
-@pytest.fixture(scope="module")
-def feature_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("features")
+def world(lit_world):
+    return lit_world  # conftest.py
 
 
 @pytest.fixture(scope="module")

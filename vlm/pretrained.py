@@ -491,22 +491,21 @@ class ImageEncoder(nn.Module):
 
     def feature_level(self, pixel_values: torch.Tensor, level: int) -> torch.Tensor:
         """The backbone's ``level``-th intermediate feature map ``(B, C, H, W)`` (timm's ``feature_info``; only
-        the blocks up to it run). EfficientNet-Lite0 at 224 px: 0 ``(16, 112, 112)``, 1 ``(24, 56, 56)``, 2
-        ``(40, 28, 28)``, 3 ``(112, 14, 14)``, 4 ``(320, 7, 7)``.
+        the blocks up to it run; ``features(kind="level:<k>")`` is the same in CPU-sized chunks).
+        EfficientNet-Lite0 at 224 px: 0 ``(16, 112, 112)``, 1 ``(24, 56, 56)``, 2 ``(40, 28, 28)``,
+        3 ``(112, 14, 14)``, 4 ``(320, 7, 7)``.
 
         Mid-level maps keep what ImageNet's top layers discard on the world's scenes: a small conv head on
         level 3 counts the things of a world image right 73 % of the time, on the last map 59 %, and a linear
-        probe of the pooled features 33 % (trained on 1,500 captioning-world images, 600 held out).
+        probe of the pooled features 33 % (a one-off probe, not shipped: trained on 1,500 captioning-world
+        images, 600 held out).
         """
         levels = len(getattr(self.model, "feature_info", None) or [])
         if not hasattr(self.model, "forward_intermediates") or not 0 <= level < levels:
             raise ValueError(f"feature level {level}: {self.name or type(self.model).__name__} has {levels} feature "
                              f"levels (0..{levels - 1}) reachable through timm's forward_intermediates")
-        chunk = self.cpu_chunk if pixel_values.device.type == "cpu" else 0
-        parts = [pixel_values[i:i + chunk] for i in range(0, len(pixel_values), chunk)] if chunk else [pixel_values]
-        return torch.cat([self.model.forward_intermediates(p.contiguous(memory_format=torch.channels_last),
-                                                           indices=[level], intermediates_only=True)[0]
-                          for p in parts])
+        return self.model.forward_intermediates(pixel_values.contiguous(memory_format=torch.channels_last),
+                                                indices=[level], intermediates_only=True)[0]
 
     def preprocess(self, images: "Image.Image | Sequence[Image.Image] | Any", *,
                    center_crop: bool = True) -> torch.Tensor:

@@ -149,10 +149,8 @@ class LiTConfig:
     """Which of the image tower's feature maps the ``"conv"`` or ``"attention"`` image head reads: -1 the last
     one (``forward_features``: ``(1280, 7, 7)`` for EfficientNet-Lite0 at 224 px), ``k >= 0`` the tower's
     ``k``-th feature level (timm's ``feature_info``; EfficientNet-Lite0: 0 ``(16, 112, 112)``, 1 ``(24, 56, 56)``,
-    2 ``(40, 28, 28)``, 3 ``(112, 14, 14)``, 4 ``(320, 7, 7)``). Only the blocks up to that level run.
-    Mid-level maps still hold what the ImageNet top discards on the world's scenes: a small conv head on
-    level 3 counts the things of a world image right 73 % of the time, on the last map 59 % and a linear
-    probe of the pooled features 33 % (1,500 training images, 600 held out)."""
+    2 ``(40, 28, 28)``, 3 ``(112, 14, 14)``, 4 ``(320, 7, 7)``). Only the blocks up to that level run; why
+    mid-level maps: :meth:`vlm.pretrained.ImageEncoder.feature_level`."""
     text_max_tokens: int = 80
     """Token states kept per caption by the ``"attention"`` text head (MiniLM reads the whole caption; the
     states of later tokens are dropped). The world's dense captions run to 67 tokens (truematch; 99th
