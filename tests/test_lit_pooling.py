@@ -239,11 +239,45 @@ def test_conv_head_keeps_positions_and_checks_the_grid():
         head(torch.zeros(1, 3, 5, 5))
 
 
+def test_conv_pools_mean_and_both_are_translation_invariant_where_flatten_is_not():
+    from vlm.models.lit import ConvPoolHead
+
+    torch.manual_seed(0)
+    a = torch.zeros(2, 3, 12, 12)
+    a[0, :, 4, 4] = 1.0  # one thing ...
+    a[1, :, 4, 4] = a[1, :, 4, 6] = 1.0  # ... and two
+    b = torch.roll(a, shifts=(4, 2), dims=(2, 3))  # the same things two downsampled cells down, one right
+    heads = {p: ConvPoolHead(3, width=8, grid=(12, 12), dropout=0.0, pool=p).eval()
+             for p in ("flatten", "mean", "both")}
+    assert torch.allclose(heads["mean"](a), heads["mean"](b), atol=1e-6)
+    assert not torch.allclose(heads["flatten"](a), heads["flatten"](b), atol=1e-3)
+    assert not torch.allclose(heads["both"](a), heads["both"](b), atol=1e-3)  # "both" keeps positions ...
+    assert not torch.allclose(heads["mean"](a[:1]), heads["mean"](a[1:]), atol=1e-3)  # ... and "mean" counts
+    # "both" is the sum of the two paths
+    both = heads["both"]
+    h = both.convs(a)
+    cells = h.flatten(2)
+    expect = both.out(h) + both.glob(torch.cat([cells.mean(-1), cells.amax(-1)], -1))
+    assert torch.allclose(both(a), expect)
+    assert heads["mean"].out is None and heads["flatten"].glob is None
+    with pytest.raises(ValueError, match="pool must be one of"):
+        ConvPoolHead(3, width=8, grid=(4, 4), dropout=0.0, pool="max")
+    with pytest.raises(ValueError, match="LiTConfig.image_conv_pool must be one of"):
+        LiTConfig(image_pool="conv", image_conv_pool="sum")
+    assert "image_conv_pool" not in LiTConfig(image_pool="conv").identity()  # the default hashes as before
+    assert LiTConfig(image_pool="conv", image_conv_pool="both").identity()["image_conv_pool"] == "both"
+
+
 def test_cli_passes_image_level(tmp_path, monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(contrastive, "run_train_retriever", lambda out, cfg, **kw: seen.setdefault("cfg", cfg) and {})
     assert contrastive.main(["--out", str(tmp_path), "--quiet", "--image-pool", "conv", "--image-level", "3"]) == 0
     assert (seen["cfg"].model.image_pool, seen["cfg"].model.image_level) == ("conv", 3)
+    assert seen["cfg"].model.image_conv_pool == "flatten"
+    seen.clear()
+    assert contrastive.main(["--out", str(tmp_path), "--quiet", "--image-pool", "conv", "--image-level", "3",
+                             "--image-conv-pool", "both"]) == 0
+    assert seen["cfg"].model.image_conv_pool == "both"
     assert contrastive.main(["--out", str(tmp_path), "--quiet", "--image-level", "3", "--image-pool", "mean"]) == 2
     assert "image_level selects a feature map" in capsys.readouterr().err
 

@@ -107,7 +107,8 @@ def test_smoke_run_writes_the_table_and_reuses_finished_stages(tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "| biased + TIDA |" in printed and '"all_pass"' in printed
     result = json.loads((out / "tida_compare.json").read_text())
-    assert (out / "tida_compare.md").read_text().startswith("| captioner |")
+    md = (out / "tida_compare.md").read_text()
+    assert md.startswith("| captioner |") and "counting right, val (%)" in md
     summaries = {arm: json.loads((out / "runs" / f"{arm}-s0" / "summary.json").read_text())
                  for arm in ("biased", "tida")}
     assert summaries["biased"]["steps"] == summaries["tida"]["steps"] == 3  # same steps in both arms
@@ -115,7 +116,7 @@ def test_smoke_run_writes_the_table_and_reuses_finished_stages(tmp_path, capsys)
     assert summaries["biased"]["train_images"] == world_train
     assert summaries["tida"]["train_images"] == world_train + result["tida"]["written"] > world_train
     for arm in ("biased", "tida"):
-        for k in ("color/test_cf", "counting/test_cf", "gender/test_cf", "CIDEr/val"):
+        for k in ("color/test_cf", "counting/test_cf", "gender/test_cf", "CIDEr/val", "color/val", "gender/val"):
             m, _ = result["table"][arm][k]
             assert m is None or 0.0 <= m <= 10.0
     assert set(result["checks"]["pass"]) == {"color_gain_>=15_points", "counting_gain_>=15_points",

@@ -15,6 +15,7 @@ image tower keeps what ImageNet taught it and the text side learns to read it.
                                 -> image_head_layers transformer layers -> attention pool (a learnt query) (B, W)
         image_pool="conv":      -> feature map at image_level, e.g. level 3 (B, 112, 14, 14) in fp16 -> standardise
                                 -> conv 3x3 -> conv 3x3 stride 2 (B, W/2, 7, 7) -> flatten -> Linear (B, W)
+                   (image_conv_pool="mean": mean and max over the 7x7 cells -> Linear; "both": the sum)
                 -> image_proj -> (B, D) -> L2 norm
     text  -> MiniLM (frozen, or top k layers trained)
         text_pool="mean":       -> mean pool, L2 norm (B, 384)
@@ -151,6 +152,12 @@ class LiTConfig:
     ``k``-th feature level (timm's ``feature_info``; EfficientNet-Lite0: 0 ``(16, 112, 112)``, 1 ``(24, 56, 56)``,
     2 ``(40, 28, 28)``, 3 ``(112, 14, 14)``, 4 ``(320, 7, 7)``). Only the blocks up to that level run; why
     mid-level maps: :meth:`vlm.pretrained.ImageEncoder.feature_level`."""
+    image_conv_pool: str = "flatten"
+    """How the ``"conv"`` image head turns its downsampled grid into one vector (:data:`CONV_POOLS`).
+    ``"flatten"``: the whole grid into one Linear, so where each thing is survives, but every position learns
+    its own weights (on the world's 30k training images it still fits its training bags far better than
+    held-out ones). ``"mean"``: the mean and the max over the grid cells (translation-invariant: a star
+    counts the same anywhere; positions are lost). ``"both"``: the sum of the two paths."""
     text_max_tokens: int = 80
     """Token states kept per caption by the ``"attention"`` text head (MiniLM reads the whole caption; the
     states of later tokens are dropped). The world's dense captions run to 67 tokens (truematch; 99th
@@ -168,6 +175,8 @@ class LiTConfig:
         if not isinstance(self.image_level, int) or isinstance(self.image_level, bool) or self.image_level < -1:
             raise ValueError(f"LiTConfig.image_level must be -1 (the last map) or a feature level >= 0, "
                              f"got {self.image_level!r}")
+        if self.image_conv_pool not in CONV_POOLS:
+            raise ValueError(f"LiTConfig.image_conv_pool must be one of {CONV_POOLS}, got {self.image_conv_pool!r}")
         if self.image_level != -1 and self.image_pool == "mean":
             raise ValueError("LiTConfig.image_level selects a feature map for a trained image head: set "
                              "image_pool='conv' or 'attention' with it (the 'mean' pool reads the pooled features)")
@@ -235,9 +244,11 @@ class LiTConfig:
 
 #: LiTConfig fields added with the attention pools; :meth:`LiTConfig.identity` leaves them out at their defaults.
 POOLING_FIELDS = ("text_pool", "image_pool", "head_width", "head_heads", "text_head_layers", "image_head_layers",
-                  "head_dropout", "text_max_tokens", "image_level")
+                  "head_dropout", "text_max_tokens", "image_level", "image_conv_pool")
 IMAGE_POOLS = ("mean", "attention", "conv")
 """The ways :class:`LiTConfig` turns the image tower's output into one vector (see ``LiTConfig.image_pool``)."""
+CONV_POOLS = ("flatten", "mean", "both")
+"""How the ``"conv"`` image head pools its grid (see ``LiTConfig.image_conv_pool``)."""
 
 
 def _projection(kind: str, d_in: int, d_out: int, hidden: int, dropout: float) -> nn.Module:
@@ -300,31 +311,54 @@ class AttentionPoolHead(nn.Module):
 class ConvPoolHead(nn.Module):
     """A feature map ``(B, C, H, W)`` -> one vector ``(B, W)``: the ``"conv"`` image pool of :class:`LiTConfig`.
 
-    ``Conv3x3(C -> W/2)`` -> GELU -> ``Conv3x3(W/2 -> W/2, stride 2)`` -> GELU -> flatten the
-    ``(W/2, ceil(H/2), ceil(W/2))`` grid -> Dropout -> Linear to W -> LayerNorm. Flattening rather than
-    averaging keeps where each thing is (left/right/above), and the convolutions count and measure locally.
+    ``Conv3x3(C -> W/2)`` -> GELU -> ``Conv3x3(W/2 -> W/2, stride 2)`` -> GELU, then the
+    ``(W/2, ceil(H/2), ceil(W/2))`` grid is pooled (``pool``, :data:`CONV_POOLS`):
+
+    - ``"flatten"``: flatten -> Dropout -> Linear to W -> LayerNorm. Keeps where each thing is
+      (left/right/above); the convolutions count and measure locally.
+    - ``"mean"``: the mean and the max over the cells (2 x W/2) -> Linear to W -> LayerNorm: the same for a
+      thing anywhere in the image, so what is learnt at one position holds at all of them.
+    - ``"both"``: the sum of the two.
 
     Example:
         >>> import torch
         >>> head = ConvPoolHead(6, width=8, grid=(5, 5), dropout=0.0)
         >>> head(torch.randn(2, 6, 5, 5)).shape
         torch.Size([2, 8])
+        >>> inv = ConvPoolHead(6, width=8, grid=(12, 12), dropout=0.0, pool="mean").eval()
+        >>> x = torch.zeros(1, 6, 12, 12)
+        >>> x[0, :, 4, 4] = 1.0  # one "thing" ...
+        >>> y = torch.roll(x, shifts=(4, 4), dims=(2, 3))  # ... moved by two downsampled cells
+        >>> bool(torch.allclose(inv(x), inv(y), atol=1e-6))  # the same vector (away from the zero padding)
+        True
     """
 
-    def __init__(self, d_in: int, *, width: int, grid: tuple[int, int], dropout: float) -> None:
+    def __init__(self, d_in: int, *, width: int, grid: tuple[int, int], dropout: float,
+                 pool: str = "flatten") -> None:
         super().__init__()
+        if pool not in CONV_POOLS:
+            raise ValueError(f"ConvPoolHead: pool must be one of {CONV_POOLS}, got {pool!r}")
         half = max(width // 2, 1)
-        self.grid = tuple(grid)
+        self.grid, self.pool = tuple(grid), pool
         self.convs = nn.Sequential(nn.Conv2d(d_in, half, 3, padding=1), nn.GELU(),
                                    nn.Conv2d(half, half, 3, stride=2, padding=1), nn.GELU())
         cells = ((grid[0] + 1) // 2) * ((grid[1] + 1) // 2)
-        self.out = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(half * cells, width), nn.LayerNorm(width))
+        # The flatten path keeps its module name ("out") so that heads saved before ``pool`` load unchanged.
+        self.out = (nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(half * cells, width),
+                                  nn.LayerNorm(width)) if pool in ("flatten", "both") else None)
+        self.glob = (nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * half, width), nn.LayerNorm(width))
+                     if pool in ("mean", "both") else None)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         if tuple(maps.shape[2:]) != self.grid:
             raise ValueError(f"ConvPoolHead: a {tuple(maps.shape[2:])} map, but the head was built for {self.grid} "
                              "(was the image size changed?)")
-        return self.out(self.convs(maps))
+        h = self.convs(maps)  # (B, W/2, h', w')
+        y = self.out(h) if self.out is not None else 0.0
+        if self.glob is not None:
+            cells = h.flatten(2)  # (B, W/2, h'*w')
+            y = y + self.glob(torch.cat([cells.mean(-1), cells.amax(-1)], dim=-1))
+        return y
 
 
 class LiTRetriever(nn.Module):
@@ -393,7 +427,7 @@ class LiTRetriever(nn.Module):
         elif config.image_pool == "conv":
             d_img, self.image_grid = self._probe_feature_map()
             self.image_pooler = ConvPoolHead(d_img, width=config.head_width, grid=self.image_grid,
-                                             dropout=config.head_dropout)
+                                             dropout=config.head_dropout, pool=config.image_conv_pool)
         if config.text_pool == "attention":
             self.text_pooler = AttentionPoolHead(d_txt, layers=config.text_head_layers, **head)
         self.register_buffer("image_mean", torch.zeros(d_img))  # (1280,)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from vlm.models.lit import IMAGE_POOLS, LiTConfig, LiTRetriever
+from vlm.models.lit import CONV_POOLS, IMAGE_POOLS, LiTConfig, LiTRetriever
 from vlm.train.mle import append_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -713,7 +713,7 @@ def fit_ridge_retriever(image_features: torch.Tensor, text_features: torch.Tenso
     base = config or LiTConfig()
     d_txt = text_features.shape[1]
     cfg = dataclasses.replace(base, image_proj="linear", text_proj="linear", embed_dim=d_txt, unfreeze_text_layers=0,
-                              text_pool="mean", image_pool="mean", image_level=-1)
+                              text_pool="mean", image_pool="mean", image_level=-1, image_conv_pool="flatten")
     model = LiTRetriever(cfg, image_encoder=image_encoder, text_encoder=text_encoder, name="ridge-baseline")
     mean, std = image_features.mean(0), image_features.std(0).clamp(min=1e-4)
     x = ((image_features - mean) / std).double()
@@ -873,6 +873,9 @@ def _build_parser():
     p.add_argument("--image-level", type=int, default=None,
                    help="the feature map the image head reads: -1 the last (7x7), 3 the 14x14 mid level "
                         "(LiTConfig.image_level; default: the default recipe's)")
+    p.add_argument("--image-conv-pool", choices=CONV_POOLS, default=None,
+                   help="how the conv head pools its grid: flatten (keeps positions), mean (translation-invariant "
+                        "mean and max) or both (LiTConfig.image_conv_pool; default: the default recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return p
@@ -899,7 +902,8 @@ def main(argv: list[str] | None = None) -> int:
         model_over = {k: v for k, v in (("image_size", args.image_size),
                                          ("unfreeze_text_layers", args.unfreeze_text_layers),
                                          ("text_pool", args.text_pool), ("image_pool", args.image_pool),
-                                         ("image_level", args.image_level))
+                                         ("image_level", args.image_level),
+                                         ("image_conv_pool", args.image_conv_pool))
                       if v is not None}
         over: dict[str, Any] = {"seed": args.seed}
         if args.steps is not None:
@@ -1015,7 +1019,7 @@ def _pooled_twin(model: LiTRetriever) -> LiTRetriever:
     twin = getattr(model, "_pooled_twin_cache", None)
     if twin is None:
         cfg = dataclasses.replace(c, unfreeze_text_layers=0, text_pool="mean", image_pool="mean",
-                                  image_level=-1)
+                                  image_level=-1, image_conv_pool="flatten")
         twin = LiTRetriever(cfg, image_encoder=model.image_encoder, text_encoder=_frozen_twin(model).text_encoder,
                             name="pooled-twin")
         object.__setattr__(model, "_pooled_twin_cache", twin)  # not a submodule: never saved
