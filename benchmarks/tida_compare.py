@@ -80,6 +80,9 @@ class TIDACompareConfig:
     """TIDA edits drawn per training image (skills take turns)."""
     tida_seed: int = 0
     """Seed of TIDA's draws and edits."""
+    skill_files: list[str] = field(default_factory=list)
+    """Skill YAML files for TIDA (:func:`augment.load_skills`); one named like a shipped skill replaces it
+    (``benchmarks/skill_data/counting-from-one.yaml``: counting edits that may go down to "one")."""
     verify: bool = False
     """Verify TIDA edits with the retriever (off: scene edits are exact; see the module docstring)."""
     margin: float = 0.0
@@ -103,6 +106,10 @@ class TIDACompareConfig:
                 raise ValueError(f"TIDACompareConfig.{name} must be >= {least}, got {getattr(self, name)}")
         if not Path(self.mle_config).is_file():
             raise ValueError(f"TIDACompareConfig.mle_config: {self.mle_config} is not a file")
+        self.skill_files = [str(f) for f in self.skill_files]
+        for f in self.skill_files:
+            if not Path(f).is_file():
+                raise ValueError(f"TIDACompareConfig.skill_files: {f} is not a file")
 
     def settings(self) -> dict:
         """What the stored stages depend on: a rerun into the same folder must have the same."""
@@ -115,6 +122,7 @@ class TIDACompareConfig:
             d.pop("margin")
             d.pop("retriever")
         d["mle_recipe"] = yaml.safe_load(Path(self.mle_config).read_text())  # the recipe itself, not its path
+        d["skill_files"] = [yaml.safe_load(Path(f).read_text()) for f in self.skill_files]  # likewise
         return d
 
 
@@ -173,6 +181,7 @@ def build_tida(cfg: TIDACompareConfig, world: Path, out: Path, timings: _Timings
         return json.loads(report_file.read_text())
     t = time.perf_counter()
     report = run_tida(TIDAConfig(data=str(world), out=str(tida), split="train", skills=SKILLS,
+                                 skill_files=list(cfg.skill_files),
                                  edits_per_record=cfg.edits_per_record, seed=cfg.tida_seed, editor="scene",
                                  verify=cfg.verify, margin=cfg.margin, retriever=cfg.retriever),
                       progress=cfg.progress)
@@ -415,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="captioner overriding the recipe's (prefix-tiny: smoke runs)")
     p.add_argument("--edits-per-record", type=int, default=d.edits_per_record)
     p.add_argument("--tida-seed", type=int, default=d.tida_seed)
+    p.add_argument("--skill-file", action="append", default=[], dest="skill_files",
+                   help="a skill YAML for TIDA, replacing the shipped skill of its name (repeatable)")
     p.add_argument("--verify", action="store_true", help="verify TIDA edits with the retriever (default off)")
     p.add_argument("--margin", type=float, default=d.margin)
     p.add_argument("--retriever", default=d.retriever)
@@ -424,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = TIDACompareConfig(out=args.out, seeds=args.seeds, n=args.n, world_seed=args.world_seed,
                             image_size=args.image_size, steps=args.steps, mle_config=args.mle_config, model=args.model,
-                            edits_per_record=args.edits_per_record, tida_seed=args.tida_seed, verify=args.verify,
+                            edits_per_record=args.edits_per_record, tida_seed=args.tida_seed,
+                            skill_files=args.skill_files, verify=args.verify,
                             margin=args.margin, retriever=args.retriever, num_beams=args.num_beams,
                             max_new_tokens=args.max_new_tokens, progress=not args.quiet)
     result = run(cfg)

@@ -97,6 +97,22 @@ def test_config_rejects_bad_values():
         TIDACompareConfig(seeds=[0, 0])
     with pytest.raises(ValueError, match="steps"):
         TIDACompareConfig(steps=0)
+    with pytest.raises(ValueError, match="skill_files: nope.yaml is not a file"):
+        TIDACompareConfig(skill_files=["nope.yaml"])
+
+
+def test_shipped_counting_from_one_skill_file_lets_two_become_one():
+    from augment import counterfactuals, load_skills
+    from benchmarks.tida_compare import ROOT
+
+    path = ROOT / "benchmarks" / "skill_data" / "counting-from-one.yaml"
+    skill = load_skills([path])["counting"]
+    assert skill.words[0] == "one" and skill.source == str(path)
+    edited = sorted(e.edited for e in counterfactuals("Two red stars on the grass.", [skill]))
+    assert edited == ["One red star on the grass.", "Three red stars on the grass."]
+    # the settings hold the file's content: a changed word list is a changed comparison
+    settings = TIDACompareConfig(skill_files=[str(path)]).settings()
+    assert settings["skill_files"][0]["groups"]["count"][:2] == ["one", "two"]
 
 
 def test_smoke_run_writes_the_table_and_reuses_finished_stages(tmp_path, capsys):

@@ -135,6 +135,23 @@ def test_tida_biased_correlations_hold_in_train_and_break_in_counterfactual_spli
     cf, n_cf = _rate(items, "test_cf", circle, red)
     assert tr > 0.85 and cf == 0.0 and n_cf > 5
     assert all(it.extra["counterfactual"] for it in items if it.split == "test_cf")
+    # Every gender rule is broken by the other gender's context (never a neutral one): a lone woman is on the
+    # street, a lone man in the kitchen, and a scene with both is in neither.
+    seen = Counter()
+    for it in items:
+        if it.split != "test_cf":
+            continue
+        genders = {t.gender for t in it.scene.things if t.kind == "person"}
+        broken = [r for r in it.extra["counterfactual"] if r.startswith("gender=")]
+        assert len(broken) == len(genders)  # every person's rule is broken, and listed
+        if genders == {"woman"}:
+            assert it.scene.background == "street"
+        elif genders == {"man"}:
+            assert it.scene.background == "kitchen"
+        elif genders:
+            assert it.scene.background not in ("kitchen", "street")
+        seen[frozenset(genders)] += 1
+    assert seen[frozenset({"woman"})] > 10 and seen[frozenset({"man"})] > 10
 
 
 def test_truematch_bags_are_near_duplicates_and_distinct():

@@ -10,6 +10,7 @@ Presets (:data:`PRESETS`), one per use in the package:
 captioning     1-3 groups of shapes, people 35 % of the time, 5 human-like captions + a dense caption
 tida-biased    skill correlations in train/val (woman->kitchen, man->street, circle->red, square->blue,
                triangle->yellow, stars come in twos) with p=0.9; ``test`` is i.i.d.; ``test_cf`` breaks them
+               (the woman on the street, the man in the kitchen, a circle of another colour, ...)
 truematch      bags of 3, 5 and 7 near-duplicates that differ in one or two details (colour, count, size,
                position, background, gender)
 vqa            busier scenes with 4 questions each (count, attribute, spatial, compare, exists)
@@ -37,7 +38,8 @@ class Correlation:
     """In biased splits, things with ``if_attr == if_value`` get ``then_attr = then_value`` with prob. ``p``.
 
     ``if_attr``: "shape" or "gender"; ``then_attr``: "color", "count" (size of the group) or "background".
-    In the counterfactual split the rule is broken on purpose: every matching group gets another value.
+    In the counterfactual split the rule is broken on purpose: every matching group gets another value (a
+    background rule's scene gets a sibling rule's background: the man goes into the kitchen).
     """
 
     if_attr: str
@@ -142,8 +144,25 @@ def _group(rng: random.Random, kind: str, **fixed) -> dict:
 
 def _apply_correlations(groups: list[dict], scene_attrs: dict, rng: random.Random,
                         correlations: tuple[Correlation, ...], mode: str) -> list[str]:
-    """Impose (mode="biased") or break (mode="counterfactual") the correlations. Returns the rules broken."""
+    """Impose (mode="biased") or break (mode="counterfactual") the correlations. Returns the rules broken.
+
+    Breaking a rule about the scene's background (``gender=woman -> background=kitchen``) puts the scene in the
+    background that a sibling rule ties to another value (the street of ``gender=man -> background=street``):
+    the context that, in the biased splits, says the *other* gender. A neutral background (a beach) would not
+    test whether a captioner reads the person or the context. Where every sibling background is ruled out
+    (a woman and a man in one scene), any background no applicable rule names is drawn. Group attributes
+    (colour, count) break to any other value.
+    """
     broken = []
+    if mode == "counterfactual":
+        applicable = [c for c in correlations if c.then_attr == "background"
+                      and any(g.get(c.if_attr) == c.if_value for g in groups)]
+        if applicable:
+            forbidden = {c.then_value for c in applicable}
+            siblings = sorted({c.then_value for c in correlations if c.then_attr == "background"
+                               and c.if_attr in {a.if_attr for a in applicable}} - forbidden)
+            scene_attrs["background"] = rng.choice(siblings or [b for b in BACKGROUNDS if b not in forbidden])
+            broken.extend(c.describe() for c in applicable)
     for c in correlations:
         for g in groups:
             if g.get(c.if_attr) != c.if_value:
@@ -152,10 +171,8 @@ def _apply_correlations(groups: list[dict], scene_attrs: dict, rng: random.Rando
             if mode == "biased":
                 if rng.random() < c.p:
                     target[c.then_attr] = c.then_value
-            elif mode == "counterfactual":
-                if c.then_attr == "background":
-                    choices = [b for b in BACKGROUNDS if b != c.then_value]
-                elif c.then_attr == "color":
+            elif mode == "counterfactual" and c.then_attr != "background":
+                if c.then_attr == "color":
                     choices = [k for k in COLORS if k != c.then_value]
                 else:
                     choices = [k for k in range(1, MAX_COUNT + 1) if k != c.then_value]
