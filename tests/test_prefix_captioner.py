@@ -94,6 +94,8 @@ def test_lora_trains_only_adapters_and_mapper(tokenizer):
     (dict(feature_kind="level:x", mapper="transformer"), "expected 'level:<k>'"),
     (dict(feature_kind="pooled", spatial_pool=2), "spatial_pool pools a feature map"),
     (dict(feature_kind="spatial", mapper="transformer", spatial_pool=0), "spatial_pool must be"),
+    (dict(mapper_positions=True), "mapper_positions needs mapper='transformer'"),
+    (dict(mapper="transformer", mapper_hidden=30, mapper_positions=True), "divisible by 4"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -125,3 +127,22 @@ def test_mid_level_tokens_come_from_the_encoders_intermediate_map(world, tokeniz
     assert len(out) == 2 and all(isinstance(c, str) for c in out)
     with pytest.raises(ValueError, match="feature level 9"):
         enc.features(px, kind="level:9")
+
+
+def test_mapper_positions_tell_where_a_token_is():
+    from vlm.models.prefix import TransformerMapper, grid_positions
+
+    pe = grid_positions(16, 8)  # a 4x4 map
+    assert pe.shape == (16, 8) and len({tuple(r.tolist()) for r in pe}) == 16  # every cell its own code
+    assert torch.equal(pe[1, :4], pe[5, :4]) and torch.equal(pe[4, 4:], pe[5, 4:])  # column half, row half
+    assert grid_positions(5, 8).shape == (5, 8)  # not square: one row
+    torch.manual_seed(0)
+    tokens = torch.randn(1, 16, 6)
+    swapped = tokens[:, [1, 0, *range(2, 16)]]  # two cells trade places
+    plain = TransformerMapper(6, 12, k=2, width=8, layers=1).eval()
+    placed = TransformerMapper(6, 12, k=2, width=8, layers=1, positions=True).eval()
+    placed.load_state_dict(plain.state_dict())  # the codes have no parameters
+    # Without codes the mapper reads a set: a permutation changes nothing. With them it does.
+    assert torch.allclose(plain(tokens), plain(swapped), atol=1e-5)
+    assert not torch.allclose(placed(tokens), placed(swapped), atol=1e-3)
+    assert PrefixCaptionerConfig(mapper="transformer", feature_kind="level:3", mapper_positions=True).mapper_positions

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -61,6 +62,10 @@ class PrefixCaptionerConfig:
     """Hidden width of the MLP mapper / model width of the transformer mapper."""
     mapper_layers: int = 2
     """Layers of the transformer mapper."""
+    mapper_positions: bool = False
+    """Add fixed 2-D sine-cosine position codes (:func:`grid_positions`) to the image tokens in the transformer
+    mapper. Without them the mapper sees the map cells as an unordered set: it cannot tell one large thing over
+    two neighbouring cells from two things, nor left from right."""
     image_encoder_training: str = "frozen"
     """``frozen`` | ``lora`` | ``full``. Frozen encoders let training run on cached features."""
     lm_training: str = "full"
@@ -100,6 +105,11 @@ class PrefixCaptionerConfig:
                 raise ValueError(f"PrefixCaptionerConfig.{f} must be one of {_TRAINING_MODES}, got {getattr(self, f)!r}")
         if self.image_encoder_training == "lora":
             raise ValueError("PrefixCaptionerConfig.image_encoder_training='lora' is not supported; use frozen or full")
+        if self.mapper_positions and self.mapper != "transformer":
+            raise ValueError("PrefixCaptionerConfig.mapper_positions needs mapper='transformer'")
+        if self.mapper_positions and self.mapper_hidden % 4:
+            raise ValueError(f"PrefixCaptionerConfig.mapper_positions needs mapper_hidden divisible by 4, "
+                             f"got {self.mapper_hidden}")
         if self.prefix_length < 1:
             raise ValueError(f"PrefixCaptionerConfig.prefix_length must be >= 1, got {self.prefix_length}")
         self.lora_targets = tuple(self.lora_targets)
@@ -131,12 +141,41 @@ class MLPMapper(nn.Module):
         return self.net(feats).view(feats.shape[0], self.k, self.out_dim)  # (B, K, D)
 
 
-class TransformerMapper(nn.Module):
-    """K learned queries, concatenated with the projected image tokens, through a small transformer."""
+def grid_positions(n: int, width: int) -> torch.Tensor:
+    """Fixed sine-cosine position codes ``(n, width)`` for ``n`` tokens of a square map read row by row (a
+    non-square count is treated as one row). Half the channels code the column, half the row, each at
+    ``width / 4`` frequencies, as in MAE's 2-D sin-cos embedding; no parameters, so any map size works.
 
-    def __init__(self, in_dim: int, out_dim: int, k: int, width: int, layers: int):
+    Example:
+        >>> pe = grid_positions(49, 8)
+        >>> same_column, same_row = torch.equal(pe[0, :4], pe[7, :4]), torch.equal(pe[0, 4:], pe[1, 4:])
+        >>> pe.shape, same_column, same_row, torch.equal(pe[0], pe[1])  # tokens 0, 7 share a column; 0, 1 a row
+        (torch.Size([49, 8]), True, True, False)
+    """
+    if width % 4:
+        raise ValueError(f"grid_positions: width must be a multiple of 4, got {width}")
+    side = math.isqrt(n)
+    rows, cols = (side, side) if side * side == n else (1, n)
+    r = torch.arange(rows, dtype=torch.float32).repeat_interleave(cols)  # (n,) row of each token
+    c = torch.arange(cols, dtype=torch.float32).repeat(rows)  # (n,) column of each token
+    freqs = 1.0 / (10000 ** (torch.arange(width // 4, dtype=torch.float32) / (width // 4)))  # (width/4,)
+
+    def code(x: torch.Tensor) -> torch.Tensor:
+        a = x[:, None] * freqs[None]  # (n, width/4)
+        return torch.cat([a.sin(), a.cos()], 1)  # (n, width/2)
+
+    return torch.cat([code(c), code(r)], 1)  # (n, width): column half, then row half
+
+
+class TransformerMapper(nn.Module):
+    """K learned queries, concatenated with the projected image tokens, through a small transformer.
+
+    ``positions``: add :func:`grid_positions` to the image tokens (a feature map's cells, row by row)."""
+
+    def __init__(self, in_dim: int, out_dim: int, k: int, width: int, layers: int, positions: bool = False):
         super().__init__()
         self.k = k
+        self.positions = positions
         self.proj_in = nn.Linear(in_dim, width)
         self.queries = nn.Parameter(torch.randn(k, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, nhead=max(1, width // 64), dim_feedforward=2 * width,
@@ -148,6 +187,8 @@ class TransformerMapper(nn.Module):
         if feats.ndim == 2:
             feats = feats[:, None]  # (B, 1, C)
         x = self.proj_in(feats)  # (B, N, W)
+        if self.positions and x.shape[1] > 1:
+            x = x + grid_positions(x.shape[1], x.shape[2]).to(x.device, x.dtype)
         q = self.queries.expand(x.shape[0], -1, -1)  # (B, K, W)
         h = self.encoder(torch.cat([q, x], 1))[:, : self.k]  # (B, K, W)
         return self.proj_out(h)  # (B, K, D)
@@ -196,7 +237,8 @@ class PrefixCaptioner(nn.Module):
         if config.mapper == "mlp":
             self.mapper = MLPMapper(c, d_lm, config.prefix_length, config.mapper_hidden)
         else:
-            self.mapper = TransformerMapper(c, d_lm, config.prefix_length, config.mapper_hidden, config.mapper_layers)
+            self.mapper = TransformerMapper(c, d_lm, config.prefix_length, config.mapper_hidden, config.mapper_layers,
+                                            positions=config.mapper_positions)
         _set_trainable(self.image_encoder, config.image_encoder_training == "full")
         if config.lm_training == "frozen":
             _set_trainable(self.lm, False)
