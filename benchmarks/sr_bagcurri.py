@@ -59,7 +59,24 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run(out: Path, seeds: list[int], *, progress: bool = True) -> dict:
+def _check_settings(out: Path, settings: dict) -> None:
+    """A rerun into ``out`` must use the settings its finished stages were made with."""
+    path = out / "sr_bagcurri_config.json"
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have != settings:
+            diff = sorted(k for k in set(have) | set(settings) if have.get(k) != settings.get(k))
+            raise ValueError(f"{out} holds a comparison with other settings ({', '.join(diff)}); rerun with the "
+                             "same settings to resume it, or pass a new --out")
+    else:
+        path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-world-small.yaml",
+        model: str | None = None, retriever: str | None = None, progress: bool = True) -> dict:
+    """The whole comparison into ``out`` (finished stages reused). ``mle_config``: the MLE recipe; ``model``: a
+    captioner overriding the recipe's (e.g. ``prefix-mid-pos-small``); ``retriever``: the reward and
+    evaluation retriever overriding the SR configs' (e.g. ``finecap:lit-v2``)."""
     from vlm.metrics import caption_scores
     from vlm.retrieval import load_retriever
     from vlm.train.mle import MLEConfig, train_mle
@@ -69,13 +86,16 @@ def run(out: Path, seeds: list[int], *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    mle_cfg = MLEConfig.from_yaml(CONFIGS / "mle-world-small.yaml", out_dir=str(out / "mle"), progress=progress)
+    base = _load_yaml(CONFIGS / "sr-bagcurri.yaml")
+    retriever = retriever or base["retriever"]
+    _check_settings(out, {"mle_recipe": _load_yaml(Path(mle_config)), "model": model, "retriever": retriever})
+    over = {"model": model} if model else {}
+    mle_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle"), progress=progress, **over)
     if not (out / "mle" / "final" / "config.json").is_file():
         t = time.perf_counter()
         train_mle(mle_cfg, metrics_fn=caption_scores)
         timings["mle_s"] = round(time.perf_counter() - t, 1)
     sr_world = out / "sr-world"
-    base = _load_yaml(CONFIGS / "sr-bagcurri.yaml")
     if not (sr_world / "metadata.jsonl").is_file():
         generate_world(sr_world, n=base["world_n"], seed=base["world_seed"], preset="truematch", progress=progress)
     eval_world = out / "truematch-eval"
@@ -86,14 +106,14 @@ def run(out: Path, seeds: list[int], *, progress: bool = True) -> dict:
         for variant in runs:
             d = _load_yaml(CONFIGS / f"{variant}.yaml")
             d.update(init_model=str(out / "mle" / "final"), train_data=str(sr_world), seed=seed,
-                     out_dir=str(out / f"{variant}-s{seed}"), progress=progress)
+                     out_dir=str(out / f"{variant}-s{seed}"), retriever=retriever, progress=progress)
             run_dir = Path(d["out_dir"])
             if not (run_dir / "summary.json").is_file():
                 t = time.perf_counter()
                 train_sr(SRConfig.from_dict(d, source=f"{variant}.yaml"))
                 timings[f"{variant}-s{seed}_s"] = round(time.perf_counter() - t, 1)
             runs[variant].append(run_dir / "final")
-    retriever = load_retriever(base["retriever"])
+    retriever_spec, retriever = retriever, load_retriever(retriever)
     scores: dict[str, list[dict]] = {"mle": [evaluate_captioner(out / "mle" / "final", truematch_world=eval_world,
                                                                  caption_world=out / "mle" / "world",
                                                                  retriever=retriever, progress=progress)]}
@@ -118,7 +138,8 @@ def run(out: Path, seeds: list[int], *, progress: bool = True) -> dict:
         "cider_drop_<=15%": checks["cider_relative_change_pct"] >= -15,
     }
     wall = round(time.perf_counter() - t0, 1)
-    result = {"seeds": seeds, "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()}
+    result = {"seeds": seeds, "mle_config": str(mle_config), "model": model or mle_cfg.model,
+              "retriever": retriever_spec, "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()}
                                         for k, v in table.items()},
               "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall}
     (out / "sr_bagcurri.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -148,9 +169,15 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/sr-bagcurri-compare")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--mle-config", default=str(CONFIGS / "mle-world-small.yaml"),
+                   help="the MLE recipe YAML (default mle-world-small.yaml)")
+    p.add_argument("--model", default=None, help="captioner overriding the MLE recipe's (e.g. prefix-mid-pos-small)")
+    p.add_argument("--retriever", default=None,
+                   help="reward and evaluation retriever overriding the SR configs' finecap:lit (e.g. finecap:lit-v2)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    result = run(Path(args.out), args.seeds, progress=not args.quiet)
+    result = run(Path(args.out), args.seeds, mle_config=args.mle_config, model=args.model, retriever=args.retriever,
+                 progress=not args.quiet)
     print(markdown_table(result))
     print(json.dumps(result["checks"], indent=2))
     return 0

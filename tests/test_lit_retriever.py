@@ -289,6 +289,29 @@ def test_ensure_default_retriever_trains_once_then_loads(towers, tmp_path, monke
     assert model.name == "finecap:lit" and model.encode_texts(["a red circle"]).shape == (1, 32)
 
 
+@pytest.mark.real_weights
+def test_the_second_named_retriever_has_its_own_recipe_and_folder(towers, tmp_path, monkeypatch):
+    from vlm.models.lit import load_lit_retriever
+
+    assert contrastive.retriever_recipe("lit-world-v2")[0] == contrastive.V2_WORLDS
+    seen = {}
+
+    def fake_train(worlds, cfg, **kw):
+        seen["worlds"], seen["cfg"] = [w.name for w in worlds], cfg
+        return LiTRetriever(LiTConfig(**TINY), **towers)
+
+    monkeypatch.setattr(contrastive, "V2_WORLDS", (("captioning", 12), ("truematch", 9)))
+    monkeypatch.setattr(contrastive, "train_lit", fake_train)
+    monkeypatch.setenv("FINECAP_CACHE", str(tmp_path))
+    model = load_lit_retriever("lit-v2")
+    assert model.name == "finecap:lit-v2" and (tmp_path / "retrievers" / "lit-world-v2" / "config.json").is_file()
+    assert seen["worlds"] == ["captioning-s0-n12", "truematch-s0-n9"]
+    assert (seen["cfg"].model.image_pool, seen["cfg"].model.image_level, seen["cfg"].bag_fraction) == ("conv", 3, 0.5)
+    assert not (tmp_path / "retrievers" / "lit-world-v1").exists()  # v1 untouched
+    with pytest.raises(ValueError, match="'finecap:lit-v2'"):
+        load_lit_retriever("lit-v3")
+
+
 def test_cli_rejects_too_small_runs_before_doing_any_work(tmp_path, capsys):
     assert contrastive.main(["--out", str(tmp_path / "run"), "--n-images", "5", "--quiet"]) == 2
     assert "--n-images >= 20" in capsys.readouterr().err
