@@ -5,15 +5,19 @@
 1. World: the ``tida-biased`` preset (``--n`` images, ``--world-seed``): in ``train`` and ``val`` each skill is
    correlated with a context or a shape at p = 0.9 (woman -> kitchen, man -> street, circle -> red,
    square -> blue, triangle -> yellow, stars come in twos); ``test`` is i.i.d.; every ``test_cf`` image breaks
-   at least one of the rules.
+   at least one of the rules (a person is put in the other gender's context: the man in the kitchen).
 2. TIDA (``python -m augment tida`` as a function) on the world's ``train`` split: colour, counting and gender
-   counterfactuals, exact scene-graph edits (:class:`augment.SceneEditor`), ``--edits-per-record`` per image.
+   counterfactuals, exact scene-graph edits (:class:`augment.SceneEditor`), ``--edits-per-record`` per image
+   (default 3), with the counting words of ``--skill-file`` (default
+   ``benchmarks/skill_data/counting-from-one.yaml``: TIDA's two .. six plus "one", so that "two stars" can
+   become "one star"; a lone star is as common in ``test_cf`` as any other count).
    Verification is off by default: a scene edit is exact by construction (the edited scene graph is drawn again
    and the captions are regenerated from it), while the offline LiT retriever, trained on small world images,
    rejects many correct counting edits and would thin out precisely the skill the biased data lacks.
    ``--verify`` (with ``--margin``, ``--retriever``) turns it on.
 3. Per seed, two MLE captioners from the same recipe (``--mle-config``, default
-   ``vlm/configs/mle-world-small.yaml``): on the biased ``train`` split alone, and on it plus the TIDA pairs
+   ``vlm/configs/mle-world-small.yaml``, with the captioner ``--model``, default ``prefix-mid-pos-small``: it
+   reads EfficientNet's mid-level map, where counts survive): on the biased ``train`` split alone, and on it plus the TIDA pairs
    (``MLEConfig.extra_train_data``), both for exactly ``--steps`` optimizer steps (``MLEConfig.max_steps``), so
    the augmented arm sees more distinct pairs, not more updates.
 4. Each captioner captions ``test_cf``, ``val`` and ``test`` (beam 3, at most 30 tokens).
@@ -74,15 +78,17 @@ class TIDACompareConfig:
     """Optimizer steps of every captioner (about 6 epochs of the biased split at n = 3000, batch 64)."""
     mle_config: str = str(CONFIGS / "mle-world-small.yaml")
     """The MLE recipe (YAML of :class:`vlm.train.MLEConfig`); data, seed, steps and folders are set here."""
-    model: str | None = None
-    """Captioner name overriding the recipe's (e.g. ``prefix-tiny`` for a smoke run); None: the recipe's."""
-    edits_per_record: int = 1
-    """TIDA edits drawn per training image (skills take turns)."""
+    model: str | None = "prefix-mid-pos-small"
+    """Captioner name overriding the recipe's (``prefix-tiny`` for a smoke run); None: the recipe's
+    (``prefix-small``, which reads pooled ImageNet features and barely sees counts: README)."""
+    edits_per_record: int = 3
+    """TIDA edits drawn per training image (skills take turns; 3 gives about 2.8 pairs per image)."""
     tida_seed: int = 0
     """Seed of TIDA's draws and edits."""
-    skill_files: list[str] = field(default_factory=list)
-    """Skill YAML files for TIDA (:func:`augment.load_skills`); one named like a shipped skill replaces it
-    (``benchmarks/skill_data/counting-from-one.yaml``: counting edits that may go down to "one")."""
+    skill_files: list[str] = field(default_factory=lambda: [str(ROOT / "benchmarks" / "skill_data"
+                                                               / "counting-from-one.yaml")])
+    """Skill YAML files for TIDA (:func:`augment.load_skills`); one named like a shipped skill replaces it. The
+    default, ``benchmarks/skill_data/counting-from-one.yaml``, lets counting edits go down to "one"."""
     verify: bool = False
     """Verify TIDA edits with the retriever (off: scene edits are exact; see the module docstring)."""
     margin: float = 0.0
@@ -421,11 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps per captioner (default {d.steps})")
     p.add_argument("--mle-config", default=d.mle_config, help="the MLE recipe YAML (default mle-world-small.yaml)")
-    p.add_argument("--model", default=None, help="captioner overriding the recipe's (prefix-tiny: smoke runs)")
+    p.add_argument("--model", default=d.model,
+                   help=f"captioner overriding the recipe's (default {d.model}; prefix-tiny: smoke runs)")
     p.add_argument("--edits-per-record", type=int, default=d.edits_per_record)
     p.add_argument("--tida-seed", type=int, default=d.tida_seed)
-    p.add_argument("--skill-file", action="append", default=[], dest="skill_files",
-                   help="a skill YAML for TIDA, replacing the shipped skill of its name (repeatable)")
+    p.add_argument("--skill-file", action="append", default=None, dest="skill_files",
+                   help="a skill YAML for TIDA, replacing the shipped skill of its name (repeatable; default "
+                        "benchmarks/skill_data/counting-from-one.yaml)")
+    p.add_argument("--paper-skills", action="store_true",
+                   help="TIDA's own word lists only (counting two .. six), no --skill-file")
     p.add_argument("--verify", action="store_true", help="verify TIDA edits with the retriever (default off)")
     p.add_argument("--margin", type=float, default=d.margin)
     p.add_argument("--retriever", default=d.retriever)
@@ -436,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TIDACompareConfig(out=args.out, seeds=args.seeds, n=args.n, world_seed=args.world_seed,
                             image_size=args.image_size, steps=args.steps, mle_config=args.mle_config, model=args.model,
                             edits_per_record=args.edits_per_record, tida_seed=args.tida_seed,
-                            skill_files=args.skill_files, verify=args.verify,
+                            skill_files=[] if args.paper_skills else (args.skill_files or d.skill_files),
+                            verify=args.verify,
                             margin=args.margin, retriever=args.retriever, num_beams=args.num_beams,
                             max_new_tokens=args.max_new_tokens, progress=not args.quiet)
     result = run(cfg)
