@@ -6,7 +6,8 @@ Names load on first use (``import vlm.train`` imports no torch):
 - :func:`evaluate_retriever`, :func:`score_retrieval`: text -> image R@1 among random distractors (RD100)
   and within TrueMatch bags, for any retriever;
 - :func:`fit_ridge_retriever`: the closed-form baseline;
-- :func:`ensure_default_retriever`: the package's offline retriever, trained once and cached;
+- :func:`ensure_default_retriever`: the package's offline retrievers (``lit-world-v1``, ``lit-world-v2``:
+  :func:`retriever_recipe`), trained once and cached;
 - :func:`contrastive_main`: ``python -m vlm train-retriever``;
 - :class:`MLEConfig`, :func:`train_mle`: MLE training of captioners (``python -m vlm train``), with
   :func:`save_checkpoint` / :func:`load_checkpoint` and the frozen-feature cache :func:`cached_features`.
@@ -22,7 +23,8 @@ from __future__ import annotations
 import importlib
 
 _CONTRASTIVE = ("LiTTrainConfig", "contrastive_loss", "default_train_config", "ensure_default_retriever",
-                "evaluate_retriever", "fit_ridge_retriever", "make_worlds", "score_retrieval", "train_lit")
+                "evaluate_retriever", "fit_ridge_retriever", "make_worlds", "retriever_recipe", "score_retrieval",
+                "train_lit")
 
 _MLE = ("MLEConfig", "train_mle", "warmup_cosine")
 _CHECKPOINT = ("save_checkpoint", "load_checkpoint", "latest_checkpoint")
