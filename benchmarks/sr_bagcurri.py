@@ -88,7 +88,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     timings: dict[str, float] = {}
     base = _load_yaml(CONFIGS / "sr-bagcurri.yaml")
     retriever = retriever or base["retriever"]
-    _check_settings(out, {"mle_recipe": _load_yaml(Path(mle_config)), "model": model, "retriever": retriever})
+    _check_settings(out, {"mle_recipe": _load_yaml(Path(mle_config)), "model": model, "retriever": retriever,
+                          "sr_configs": {v: _load_yaml(CONFIGS / f"{v}.yaml") for v in ("sr-random", "sr-bagcurri")}})
     over = {"model": model} if model else {}
     mle_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle"), progress=progress, **over)
     if not (out / "mle" / "final" / "config.json").is_file():
