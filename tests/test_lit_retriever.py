@@ -308,8 +308,13 @@ def test_the_second_named_retriever_has_its_own_recipe_and_folder(towers, tmp_pa
     assert seen["worlds"] == ["captioning-s0-n12", "truematch-s0-n9"]
     assert (seen["cfg"].model.image_pool, seen["cfg"].model.image_level, seen["cfg"].bag_fraction) == ("conv", 3, 0.5)
     assert not (tmp_path / "retrievers" / "lit-world-v1").exists()  # v1 untouched
-    with pytest.raises(ValueError, match="'finecap:lit-v2'"):
-        load_lit_retriever("lit-v3")
+    # v3: the same worlds, the conv head's grid pooled both ways
+    v3 = load_lit_retriever("lit-v3")
+    assert v3.name == "finecap:lit-v3" and (tmp_path / "retrievers" / "lit-world-v3" / "config.json").is_file()
+    assert seen["worlds"] == ["captioning-s0-n12", "truematch-s0-n9"] and seen["cfg"].model.image_conv_pool == "both"
+    assert contrastive.retriever_recipe("lit-world-v2")[2].model.image_conv_pool == "flatten"
+    with pytest.raises(ValueError, match="'finecap:lit-v3'"):
+        load_lit_retriever("lit-v4")
 
 
 def test_cli_rejects_too_small_runs_before_doing_any_work(tmp_path, capsys):

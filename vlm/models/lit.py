@@ -706,7 +706,8 @@ class LiTRetriever(nn.Module):
 def load_lit_retriever(rest: str = "lit", *, device: str = "cpu") -> LiTRetriever:
     """The retriever of a spec ``finecap:REST``: ``lit`` (the package's default, trained on first use by
     :func:`vlm.train.ensure_default_retriever`, 2.5-5 min on 2 CPU cores, then cached), ``lit-v2`` (the
-    mid-level conv-head recipe, better on near-duplicates, about 17 min the first time) or a folder saved with
+    mid-level conv-head recipe, better on near-duplicates, about 17 min the first time), ``lit-v3`` (v2 with the
+    conv head's grid pooled both ways: better still) or a folder saved with
     :meth:`LiTRetriever.save_pretrained`. Register it with ``register_retriever("finecap", load_lit_retriever)``.
 
     Example::
@@ -714,18 +715,18 @@ def load_lit_retriever(rest: str = "lit", *, device: str = "cpu") -> LiTRetrieve
         retriever = load_lit_retriever("runs/lit")   # a folder written by `python -m vlm train-retriever`
     """
     named = {"lit": "lit-world-v1", "lit-world-v1": "lit-world-v1", "lit-v2": "lit-world-v2",
-             "lit-world-v2": "lit-world-v2"}
+             "lit-world-v2": "lit-world-v2", "lit-v3": "lit-world-v3", "lit-world-v3": "lit-world-v3"}
     if rest in named:
         from vlm.train.contrastive import ensure_default_retriever
 
         folder = ensure_default_retriever(name=named[rest])
         model = LiTRetriever.from_pretrained(folder, device=device)
-        model.name = "finecap:lit" if named[rest] == "lit-world-v1" else "finecap:lit-v2"
+        model.name = "finecap:lit" if named[rest] == "lit-world-v1" else "finecap:lit-" + named[rest][-2:]
         return model
     path = Path(rest).expanduser()
     if path.is_dir():
         return LiTRetriever.from_pretrained(path, device=device)
     raise ValueError(f"retriever spec 'finecap:{rest}': expected 'finecap:lit' (the package's default LiT "
-                     f"retriever), 'finecap:lit-v2' or 'finecap:/path/to/folder' saved by "
+                     f"retriever), 'finecap:lit-v2', 'finecap:lit-v3' or 'finecap:/path/to/folder' saved by "
                      f"LiTRetriever.save_pretrained; "
                      f"{rest!r} is neither")
