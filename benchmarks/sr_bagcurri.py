@@ -61,15 +61,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _check_settings(out: Path, settings: dict) -> None:
     """A rerun into ``out`` must use the settings its finished stages were made with."""
-    path = out / "sr_bagcurri_config.json"
-    if path.is_file():
-        have = json.loads(path.read_text())
-        if have != settings:
-            diff = sorted(k for k in set(have) | set(settings) if have.get(k) != settings.get(k))
-            raise ValueError(f"{out} holds a comparison with other settings ({', '.join(diff)}); rerun with the "
-                             "same settings to resume it, or pass a new --out")
-    else:
-        path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    from vlm.data import guard_run_settings
+
+    guard_run_settings(out / "sr_bagcurri_config.json", settings, what="comparison")
 
 
 def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-world-small.yaml",

@@ -17,9 +17,9 @@
    ``--verify`` (with ``--margin``, ``--retriever``) turns it on.
 3. Per seed, two MLE captioners from the same recipe (``--mle-config``, default
    ``vlm/configs/mle-world-small.yaml``, with the captioner ``--model``, default ``prefix-mid-pos-small``: it
-   reads EfficientNet's mid-level map, where counts survive): on the biased ``train`` split alone, and on it plus the TIDA pairs
-   (``MLEConfig.extra_train_data``), both for exactly ``--steps`` optimizer steps (``MLEConfig.max_steps``), so
-   the augmented arm sees more distinct pairs, not more updates.
+   reads EfficientNet's mid-level map, where counts survive): on the biased ``train`` split alone, and on it
+   plus the TIDA pairs (``MLEConfig.extra_train_data``), both for exactly ``--steps`` optimizer steps
+   (``MLEConfig.max_steps``), so the augmented arm sees more distinct pairs, not more updates.
 4. Each captioner captions ``test_cf``, ``val`` and ``test`` (beam 3, at most 30 tokens).
 5. Scores: skill correctness per skill on ``test_cf`` (:func:`benchmarks.skills_world.skill_scores`: the
    skill words a caption states checked against the scene graph; an image whose scene has the skill but whose
@@ -151,18 +151,9 @@ class _Timings:
 
 
 def _check_settings(cfg: TIDACompareConfig, out: Path) -> None:
-    from vlm.data import atomic_write_text
+    from vlm.data import guard_run_settings
 
-    path = out / "tida_compare_config.json"
-    want = cfg.settings()
-    if path.is_file():
-        have = json.loads(path.read_text())
-        if have != json.loads(json.dumps(want)):
-            diff = sorted(k for k in set(have) | set(want) if have.get(k) != json.loads(json.dumps(want)).get(k))
-            raise ValueError(f"{out} holds a comparison run with other settings ({', '.join(diff)}); rerun with "
-                             f"the same settings to resume it, or pass a new --out")
-    else:
-        atomic_write_text(path, json.dumps(want, indent=2, sort_keys=True) + "\n", fsync=False)
+    guard_run_settings(out / "tida_compare_config.json", cfg.settings(), what="comparison run")
 
 
 def build_world(cfg: TIDACompareConfig, out: Path, timings: _Timings) -> Path:
@@ -281,6 +272,8 @@ def score_run(preds: dict[str, dict], splits: dict) -> dict:
         s = score_predictions(preds[split], ds)
         out[f"CIDEr/{split}"] = s["CIDEr"]
         out[f"Bleu_4/{split}"] = s["Bleu_4"]
+        if split not in ("val", "test_cf"):
+            continue
         records = {str(r.id): r for r in ds}
         scenes = {k: Scene.from_dict(r.extra["scene"]) for k, r in records.items()}
         summary, _ = skill_scores(preds[split], scenes)

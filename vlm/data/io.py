@@ -94,6 +94,33 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True)
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
+def guard_run_settings(path: str | os.PathLike, settings: dict, *, what: str = "run") -> None:
+    """Keep a resumable run folder to one set of settings: the first call writes ``settings`` (JSON) to
+    ``path``; a later call with other settings raises ``ValueError`` naming the keys that differ (compared as
+    JSON, so tuples and lists are alike), because the folder's finished stages were made with the first ones.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "settings.json"
+        >>> guard_run_settings(f, {"steps": 10, "seed": 0})
+        >>> guard_run_settings(f, {"steps": 10, "seed": 0})  # the same: resume
+        >>> guard_run_settings(f, {"steps": 20, "seed": 0}, what="comparison")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ... holds a comparison with other settings (steps); rerun with the same settings ...
+    """
+    path = Path(path)
+    want = json.loads(json.dumps(settings))
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(want, indent=2, sort_keys=True) + "\n", fsync=False)
+        return
+    have = json.loads(path.read_text(encoding="utf-8"))
+    if have != want:
+        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        raise ValueError(f"{path.parent} holds a {what} with other settings ({', '.join(diff)}); rerun with the same "
+                         "settings to resume it, or pass a new --out")
+
+
 # ------------------------------------------------------------------------------------------ shared helpers
 
 

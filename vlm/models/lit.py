@@ -73,7 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttentionPoolHead", "LiTConfig", "LiTRetriever", "load_lit_retriever"]
+__all__ = ["AttentionPoolHead", "LiTConfig", "LiTRetriever", "PACKAGE_RETRIEVERS", "load_lit_retriever"]
 
 #: ``format`` written into ``config.json``; bump when the saved layout changes.
 LIT_FORMAT = "finecap-lit-v1"
@@ -242,6 +242,10 @@ class LiTConfig:
         return cls(**d)
 
 
+#: The package's own retrievers: spec ``finecap:<key>`` -> cache folder name (recipes:
+#: :func:`vlm.train.contrastive.retriever_recipe`). ``lit`` is the default.
+PACKAGE_RETRIEVERS = {"lit": "lit-world-v1", "lit-v2": "lit-world-v2", "lit-v3": "lit-world-v3"}
+
 #: LiTConfig fields added with the attention pools; :meth:`LiTConfig.identity` leaves them out at their defaults.
 POOLING_FIELDS = ("text_pool", "image_pool", "head_width", "head_heads", "text_head_layers", "image_head_layers",
                   "head_dropout", "text_max_tokens", "image_level", "image_conv_pool")
@@ -339,7 +343,7 @@ class ConvPoolHead(nn.Module):
         if pool not in CONV_POOLS:
             raise ValueError(f"ConvPoolHead: pool must be one of {CONV_POOLS}, got {pool!r}")
         half = max(width // 2, 1)
-        self.grid, self.pool = tuple(grid), pool
+        self.grid = tuple(grid)
         self.convs = nn.Sequential(nn.Conv2d(d_in, half, 3, padding=1), nn.GELU(),
                                    nn.Conv2d(half, half, 3, stride=2, padding=1), nn.GELU())
         cells = ((grid[0] + 1) // 2) * ((grid[1] + 1) // 2)
@@ -714,14 +718,13 @@ def load_lit_retriever(rest: str = "lit", *, device: str = "cpu") -> LiTRetrieve
 
         retriever = load_lit_retriever("runs/lit")   # a folder written by `python -m vlm train-retriever`
     """
-    named = {"lit": "lit-world-v1", "lit-world-v1": "lit-world-v1", "lit-v2": "lit-world-v2",
-             "lit-world-v2": "lit-world-v2", "lit-v3": "lit-world-v3", "lit-world-v3": "lit-world-v3"}
-    if rest in named:
+    short = {v: k for k, v in PACKAGE_RETRIEVERS.items()}.get(rest, rest)  # "lit-world-v2" -> "lit-v2"
+    if short in PACKAGE_RETRIEVERS:
         from vlm.train.contrastive import ensure_default_retriever
 
-        folder = ensure_default_retriever(name=named[rest])
+        folder = ensure_default_retriever(name=PACKAGE_RETRIEVERS[short])
         model = LiTRetriever.from_pretrained(folder, device=device)
-        model.name = "finecap:lit" if named[rest] == "lit-world-v1" else "finecap:lit-" + named[rest][-2:]
+        model.name = f"finecap:{short}"
         return model
     path = Path(rest).expanduser()
     if path.is_dir():

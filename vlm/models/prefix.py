@@ -16,6 +16,7 @@ search, stop at the first '.'), :meth:`PrefixCaptioner.loss` and :meth:`PrefixCa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -141,10 +142,12 @@ class MLPMapper(nn.Module):
         return self.net(feats).view(feats.shape[0], self.k, self.out_dim)  # (B, K, D)
 
 
+@functools.lru_cache(maxsize=8)
 def grid_positions(n: int, width: int) -> torch.Tensor:
     """Fixed sine-cosine position codes ``(n, width)`` for ``n`` tokens of a square map read row by row (a
     non-square count is treated as one row). Half the channels code the column, half the row, each at
     ``width / 4`` frequencies, as in MAE's 2-D sin-cos embedding; no parameters, so any map size works.
+    Cached per ``(n, width)`` (the mapper asks every step); callers must not modify the result in place.
 
     Example:
         >>> pe = grid_positions(49, 8)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from vlm.models.lit import CONV_POOLS, IMAGE_POOLS, LiTConfig, LiTRetriever
+from vlm.models.lit import CONV_POOLS, IMAGE_POOLS, PACKAGE_RETRIEVERS, LiTConfig, LiTRetriever
 from vlm.train.mle import append_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -788,7 +788,7 @@ def v3_train_config() -> LiTTrainConfig:
 
 
 def retriever_recipe(name: str) -> tuple[tuple[tuple[str, int], ...], int, LiTTrainConfig]:
-    """``(worlds, world seed, training config)`` of a named package retriever (``lit-world-v1``, ``lit-world-v2``).
+    """``(worlds, world seed, training config)`` of a named package retriever (:data:`RETRIEVER_NAMES`).
 
     Example:
         >>> retriever_recipe("lit-world-v1")[0]
@@ -798,18 +798,18 @@ def retriever_recipe(name: str) -> tuple[tuple[tuple[str, int], ...], int, LiTTr
         ...
         ValueError: unknown package retriever 'lit-world-v9': expected one of lit-world-v1, lit-world-v2, lit-world-v3
     """
-    if name == DEFAULT_RETRIEVER_NAME:
-        return DEFAULT_WORLDS, DEFAULT_WORLD_SEED, default_train_config()
-    if name == "lit-world-v2":
-        return V2_WORLDS, DEFAULT_WORLD_SEED, v2_train_config()
-    if name == "lit-world-v3":
-        return V2_WORLDS, DEFAULT_WORLD_SEED, v3_train_config()
-    raise ValueError(f"unknown package retriever {name!r}: expected one of {', '.join(RETRIEVER_NAMES)}")
+    # Looked up at call time (not a table of results): tests and users may patch the worlds and configs.
+    recipes = {DEFAULT_RETRIEVER_NAME: (DEFAULT_WORLDS, default_train_config),
+               "lit-world-v2": (V2_WORLDS, v2_train_config), "lit-world-v3": (V2_WORLDS, v3_train_config)}
+    if name not in recipes:
+        raise ValueError(f"unknown package retriever {name!r}: expected one of {', '.join(RETRIEVER_NAMES)}")
+    worlds, config = recipes[name]
+    return worlds, DEFAULT_WORLD_SEED, config()
 
 
-#: The package's named retrievers (:func:`retriever_recipe`); ``finecap:lit`` is the first, ``finecap:lit-v2`` and
-#: ``finecap:lit-v3`` the others.
-RETRIEVER_NAMES = (DEFAULT_RETRIEVER_NAME, "lit-world-v2", "lit-world-v3")
+#: The package's named retrievers (:func:`retriever_recipe`), the folders of ``finecap:lit``, ``finecap:lit-v2``
+#: and ``finecap:lit-v3`` (:data:`vlm.models.lit.PACKAGE_RETRIEVERS`).
+RETRIEVER_NAMES = tuple(PACKAGE_RETRIEVERS.values())
 
 
 def _world_matches(folder: Path, preset: str, n: int, seed: int) -> bool:
@@ -848,8 +848,8 @@ def ensure_default_retriever(cache: str | os.PathLike | None = None, *, progress
     exist, this generates the training worlds (:data:`DEFAULT_WORLDS`, seed 0), trains with
     :func:`default_train_config`, and moves the model into place atomically. The work folder next to it keeps
     the worlds and checkpoints until then, so a killed first call resumes. Concurrent callers wait for one
-    another (a file lock). Later calls only check that the folder exists. ``name="lit-world-v2"`` does the
-    same with that recipe (:func:`retriever_recipe`; about 17 min the first time).
+    another (a file lock). Later calls only check that the folder exists. ``name="lit-world-v2"`` or
+    ``"lit-world-v3"`` does the same with that recipe (:func:`retriever_recipe`; about 17 min the first time).
 
     Load it with ``LiTRetriever.from_pretrained(ensure_default_retriever())`` or
     ``vlm.retrieval.load_retriever("finecap:lit")``.
