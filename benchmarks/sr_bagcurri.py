@@ -27,6 +27,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "vlm" / "configs"
+VARIANTS = ("sr-random", "sr-bagcurri")
 
 
 def _load_yaml(path: Path) -> dict:
@@ -67,10 +68,15 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 
 def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-world-small.yaml",
-        model: str | None = None, retriever: str | None = None, progress: bool = True) -> dict:
+        model: str | None = None, retriever: str | None = None, mle_set: dict | None = None,
+        sr_set: dict | None = None, eval_world_n: int = 1500, sr_configs: dict[str, Path] | None = None,
+        progress: bool = True) -> dict:
     """The whole comparison into ``out`` (finished stages reused). ``mle_config``: the MLE recipe; ``model``: a
     captioner overriding the recipe's (e.g. ``prefix-mid-pos-small``); ``retriever``: the reward and
-    evaluation retriever overriding the SR configs' (e.g. ``finecap:lit-v2``)."""
+    evaluation retriever overriding the SR configs' (e.g. ``finecap:lit-v2``); ``mle_set`` / ``sr_set``: more
+    fields overriding the MLE recipe's / both SR configs' (e.g. ``{"kl_coef": 0.1}``); ``eval_world_n``: images
+    of the held-out TrueMatch world; ``sr_configs``: the two SR YAMLs, ``{"sr-random": path, "sr-bagcurri": path}``
+    (default: the shipped ones)."""
     from vlm.metrics import caption_scores
     from vlm.retrieval import load_retriever
     from vlm.train.mle import MLEConfig, train_mle
@@ -80,11 +86,21 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    base = _load_yaml(CONFIGS / "sr-bagcurri.yaml")
-    retriever = retriever or base["retriever"]
-    _check_settings(out, {"mle_recipe": _load_yaml(Path(mle_config)), "model": model, "retriever": retriever,
-                          "sr_configs": {v: _load_yaml(CONFIGS / f"{v}.yaml") for v in ("sr-random", "sr-bagcurri")}})
-    over = {"model": model} if model else {}
+    mle_set, sr_set = dict(mle_set or {}), dict(sr_set or {})
+    if "curriculum" in sr_set:
+        raise ValueError("sr_set: the curriculum is what the comparison varies; edit vlm/configs/sr-bagcurri.yaml")
+    sr_configs = {v: Path(p) for v, p in (sr_configs or {v: CONFIGS / f"{v}.yaml" for v in VARIANTS}).items()}
+    if set(sr_configs) != set(VARIANTS):
+        raise ValueError(f"sr_configs needs exactly the keys {VARIANTS}, got {sorted(sr_configs)}")
+    curri = sr_configs["sr-bagcurri"]
+    base = SRConfig.from_dict({**_load_yaml(curri), **sr_set}, source=str(curri))
+    retriever = retriever or base.retriever
+    settings = {"mle_recipe": _load_yaml(Path(mle_config)), "model": model, "retriever": retriever,
+                "sr_configs": {v: _load_yaml(sr_configs[v]) for v in VARIANTS}}
+    if mle_set or sr_set or eval_world_n != 1500:  # runs made before these options existed stay reusable
+        settings.update(mle_set=mle_set, sr_set=sr_set, eval_world_n=eval_world_n)
+    _check_settings(out, settings)
+    over = {**mle_set, **({"model": model} if model else {})}
     mle_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle"), progress=progress, **over)
     if not (out / "mle" / "final" / "config.json").is_file():
         t = time.perf_counter()
@@ -92,28 +108,30 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         timings["mle_s"] = round(time.perf_counter() - t, 1)
     sr_world = out / "sr-world"
     if not (sr_world / "metadata.jsonl").is_file():
-        generate_world(sr_world, n=base["world_n"], seed=base["world_seed"], preset="truematch", progress=progress)
+        generate_world(sr_world, n=base.world_n, seed=base.world_seed, preset="truematch", progress=progress)
     eval_world = out / "truematch-eval"
     if not (eval_world / "metadata.jsonl").is_file():
-        generate_world(eval_world, n=1500, seed=base["world_seed"] + 100, preset="truematch", progress=progress)
-    runs: dict[str, list[Path]] = {"sr-random": [], "sr-bagcurri": []}
+        generate_world(eval_world, n=eval_world_n, seed=base.world_seed + 100, preset="truematch",
+                       progress=progress)
+    runs: dict[str, list[Path]] = {v: [] for v in VARIANTS}
     for seed in seeds:
         for variant in runs:
-            d = _load_yaml(CONFIGS / f"{variant}.yaml")
+            d = {**_load_yaml(sr_configs[variant]), **sr_set}
             d.update(init_model=str(out / "mle" / "final"), train_data=str(sr_world), seed=seed,
                      out_dir=str(out / f"{variant}-s{seed}"), retriever=retriever, progress=progress)
             run_dir = Path(d["out_dir"])
             if not (run_dir / "summary.json").is_file():
                 t = time.perf_counter()
-                train_sr(SRConfig.from_dict(d, source=f"{variant}.yaml"))
+                train_sr(SRConfig.from_dict(d, source=str(sr_configs[variant])))
                 timings[f"{variant}-s{seed}_s"] = round(time.perf_counter() - t, 1)
             runs[variant].append(run_dir / "final")
     retriever_spec, retriever = retriever, load_retriever(retriever)
+    caption_world = out / "mle" / "world" if mle_cfg.train_data == "world" else Path(mle_cfg.train_data)
     scores: dict[str, list[dict]] = {"mle": [evaluate_captioner(out / "mle" / "final", truematch_world=eval_world,
-                                                                 caption_world=out / "mle" / "world",
+                                                                 caption_world=caption_world,
                                                                  retriever=retriever, progress=progress)]}
     for variant, dirs in runs.items():
-        scores[variant] = [evaluate_captioner(p, truematch_world=eval_world, caption_world=out / "mle" / "world",
+        scores[variant] = [evaluate_captioner(p, truematch_world=eval_world, caption_world=caption_world,
                                               retriever=retriever, progress=progress) for p in dirs]
     table = {}
     for name, rows in scores.items():
@@ -124,18 +142,20 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         "bagcurri_vs_random_R@1_bag5_points": round(100 * (r5["sr-bagcurri"] - r5["sr-random"]), 2),
         "hallucination_rise_points": round(100 * (table["sr-bagcurri"]["hallucination_rate"][0]
                                                   - table["mle"]["hallucination_rate"][0]), 2),
-        "cider_relative_change_pct": round(100 * (table["sr-bagcurri"]["CIDEr"][0] / table["mle"]["CIDEr"][0] - 1), 2),
+        "cider_relative_change_pct": (round(100 * (table["sr-bagcurri"]["CIDEr"][0] / table["mle"]["CIDEr"][0] - 1), 2)
+                                      if table["mle"]["CIDEr"][0] > 0 else None),  # None: the MLE scored 0
     }
     checks["pass"] = {
         "R@1_bag5_+10_over_mle": checks["bagcurri_vs_mle_R@1_bag5_points"] >= 10,
         "R@1_bag5_+3_over_random": checks["bagcurri_vs_random_R@1_bag5_points"] >= 3,
         "hallucination_rise_<=2": checks["hallucination_rise_points"] <= 2,
-        "cider_drop_<=15%": checks["cider_relative_change_pct"] >= -15,
+        "cider_drop_<=15%": checks["cider_relative_change_pct"] is not None
+                            and checks["cider_relative_change_pct"] >= -15,
     }
     wall = round(time.perf_counter() - t0, 1)
     result = {"seeds": seeds, "mle_config": str(mle_config), "model": model or mle_cfg.model,
-              "retriever": retriever_spec, "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()}
-                                        for k, v in table.items()},
+              "retriever": retriever_spec, "mle_set": mle_set, "sr_set": sr_set, "eval_world_n": eval_world_n,
+              "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in table.items()},
               "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall}
     (out / "sr_bagcurri.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "sr_bagcurri.md").write_text(markdown_table(result) + "\n")
@@ -169,9 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="captioner overriding the MLE recipe's (e.g. prefix-mid-pos-small)")
     p.add_argument("--retriever", default=None,
                    help="reward and evaluation retriever overriding the SR configs' finecap:lit (e.g. finecap:lit-v2)")
+    p.add_argument("--mle-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="MLE recipe fields to override (YAML values), as python -m vlm train --set")
+    p.add_argument("--sr-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="fields to override in both SR configs (e.g. kl_coef=0.1 mle_coef=0.1)")
+    p.add_argument("--eval-world-n", type=int, default=1500, help="images of the held-out TrueMatch world")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    from vlm.train.mle import parse_overrides
+
     result = run(Path(args.out), args.seeds, mle_config=args.mle_config, model=args.model, retriever=args.retriever,
+                 mle_set=parse_overrides(args.mle_set, option="--mle-set"),
+                 sr_set=parse_overrides(args.sr_set, option="--sr-set"), eval_world_n=args.eval_world_n,
                  progress=not args.quiet)
     print(markdown_table(result))
     print(json.dumps(result["checks"], indent=2))

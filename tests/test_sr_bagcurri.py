@@ -30,4 +30,50 @@ def test_cli_lists_the_new_options(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert "--retriever" in out and "--model" in out and "--mle-config" in out
+    assert all(o in out for o in ("--retriever", "--model", "--mle-config", "--sr-set", "--mle-set", "--eval-world-n"))
+
+
+def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
+    """A tiny run of ``run()``: MLE, both SR arms on a truematch world, the held-out scoring and the checks."""
+    import yaml
+
+    from benchmarks.sr_bagcurri import run
+    from tests.test_sr import PaletteRetriever
+    from vlm.retrieval import _FACTORIES, register_retriever
+
+    register_retriever("palette", lambda rest, device="cpu": PaletteRetriever())
+    try:
+        common = dict(method="sr", world_n=24, batch_size=4, n_samples=2, max_new_tokens=6, eval_every=0,
+                      checkpoint_every=2, eval_num_beams=1, eval_max_new_tokens=6, retriever="palette:x",
+                      neighbours=6)
+        cfgs = {"sr-random": {**common, "curriculum": [{"source": "random", "steps": 3}]},
+                "sr-bagcurri": {**common, "curriculum": [{"source": "random", "steps": 1},
+                                                         {"source": "hard", "bag_size": 3, "steps": 1},
+                                                         {"source": "world", "steps": 1}]}}
+        paths = {}
+        for name, d in cfgs.items():
+            paths[name] = tmp_path / f"{name}.yaml"
+            paths[name].write_text(yaml.safe_dump(d))
+        mle_set = {"model": "prefix-tiny", "world_n": 30, "epochs": 1, "batch_size": 16, "warmup_steps": 1,
+                   "vocab_size": 300, "eval_images": 4, "test_images": 6, "eval_num_beams": 1,
+                   "eval_max_new_tokens": 6}
+        kw = dict(mle_set=mle_set, sr_set={"kl_coef": 0.1, "mle_coef": 0.1}, eval_world_n=21, sr_configs=paths,
+                  progress=False)
+        result = run(tmp_path / "out", [0], **kw)
+        assert set(result["table"]) == {"mle", "sr-random", "sr-bagcurri"}
+        for row in result["table"].values():
+            assert 0 <= row["R@1/bag5"][0] <= 1 and row["R@1/bag5"][1] == 0.0 and row["CIDEr"][0] >= 0
+        assert set(result["checks"]["pass"]) == {"R@1_bag5_+10_over_mle", "R@1_bag5_+3_over_random",
+                                                 "hallucination_rise_<=2", "cider_drop_<=15%"}
+        assert result["sr_set"] == {"kl_coef": 0.1, "mle_coef": 0.1} and result["eval_world_n"] == 21
+        trained = json.loads((tmp_path / "out" / "sr-bagcurri-s0" / "final" / "training_config.json").read_text())
+        assert trained["kl_coef"] == 0.1 and trained["seed"] == 0 and trained["retriever"] == "palette:x"
+        assert set(result["timings"]) == {"mle_s", "sr-random-s0_s", "sr-bagcurri-s0_s"}
+        again = run(tmp_path / "out", [0], **kw)  # every stage reused: nothing trained, the same scores
+        assert again["timings"] == {} and again["table"] == result["table"]
+        with pytest.raises(ValueError, match="other settings"):
+            run(tmp_path / "out", [0], **{**kw, "sr_set": {"kl_coef": 0.2}})
+        with pytest.raises(ValueError, match="curriculum is what the comparison varies"):
+            run(tmp_path / "other", [0], **{**kw, "sr_set": {"curriculum": []}})
+    finally:
+        _FACTORIES.pop("palette", None)

@@ -488,6 +488,24 @@ def evaluate(model, ds, feats: torch.Tensor | None, cfg: MLEConfig, *,
     return result
 
 
+def parse_overrides(items: list[str], *, option: str = "--set") -> dict:
+    """``["key=value", ...]`` (values read as YAML) -> ``{key: value}``; what ``--set`` options take.
+
+    Example:
+        >>> parse_overrides(["lr=0.0001", "curriculum=[{source: world, steps: 3}]", "out_dir=runs/x"])
+        {'lr': 0.0001, 'curriculum': [{'source': 'world', 'steps': 3}], 'out_dir': 'runs/x'}
+    """
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"{option} expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m vlm train --config FILE.yaml [--set key=value ...]``."""
     import argparse
@@ -500,12 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="YAML file of MLEConfig fields, or SRConfig fields with 'method: sr' (see vlm/configs/)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override fields (YAML values)")
     args = p.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k] = yaml.safe_load(v)
+    overrides = parse_overrides(args.set)
     raw = yaml.safe_load(Path(args.config).read_text()) or {}
     if not isinstance(raw, dict):
         raise SystemExit(f"error: {args.config}: expected a mapping of config fields")
