@@ -160,6 +160,14 @@ def test_bag_sampler_draws_each_stage_reproducibly():
     a_w, c_w = s.sample(Stage("world", bag_size=5), batch=4, step=0)
     assert all(sorted(c) == [3, 4, 5, 6, 7] and c[0] == a for a, c in zip(a_w, c_w))
     assert s.sample(Stage("random"), batch=5, step=0)[1] is None
+    a_b, c_b = s.sample(Stage("world", whole_bags=True), batch=8, step=0)  # both bags whole, in a seeded order
+    assert sorted(a_b) == list(range(8)) and all(c[0] == a and sorted(c) == (list(range(3)) if a < 3 else
+                                                                               list(range(3, 8)))
+                                                 for a, c in zip(a_b, c_b))
+    a_c, c_c = s.sample(Stage("world", whole_bags=True), batch=4, step=0)  # a bag cut at the batch's end
+    assert len(a_c) == 4 and a_c == a_b[:4] and c_c == c_b[:4]
+    with pytest.raises(ValueError, match="whole_bags is for world stages"):
+        Stage("hard", bag_size=3, whole_bags=True)
     with pytest.raises(ValueError, match="lower the threshold"):
         s.sample(Stage("hard", bag_size=3, threshold=1.5), batch=2, step=0)
 

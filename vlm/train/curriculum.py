@@ -53,12 +53,17 @@ class Stage:
     """``hard``: the minimum cosine similarity of every neighbour to the target (0: none)."""
     window: int = 4
     """``easy``: neighbours are drawn from ranks ``bag_size .. window * bag_size`` of the target's list."""
+    whole_bags: bool = False
+    """``world``: fill the batch with complete bags, every member an anchor against the rest of its bag, so the
+    captions of near-duplicates are rewarded side by side (default: one random member per drawn bag)."""
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"curriculum stage: unknown source {self.source!r}; choose from {SOURCES}")
         if self.source in ("easy", "hard") and self.bag_size < 2:
             raise ValueError(f"curriculum stage {self.source!r}: bag_size must be >= 2, got {self.bag_size}")
+        if self.whole_bags and self.source != "world":
+            raise ValueError(f"curriculum stage {self.source!r}: whole_bags is for world stages")
         if self.steps < 0 or self.epochs < 0 or (self.steps and self.epochs):
             raise ValueError("curriculum stage: give steps or epochs (>= 0), not both")
 
@@ -220,9 +225,16 @@ class BagSampler:
             bags = [b for b in self.world_bags if not stage.bag_size or len(b) == stage.bag_size]
             if not bags:
                 raise ValueError(f"stage {stage.describe()}: the data has no world bags of that size")
-            pick = torch.randint(len(bags), (batch,), generator=g).tolist()
             anchors, cands = [], []
-            for p in pick:
+            if stage.whole_bags:  # bags in a seeded random order until the batch is full (the last may be cut)
+                for p in torch.randperm(len(bags), generator=g).tolist():
+                    for a in bags[p][:batch - len(anchors)]:
+                        anchors.append(a)
+                        cands.append([a] + [x for x in bags[p] if x != a])
+                    if len(anchors) >= batch:
+                        break
+                return anchors, cands
+            for p in torch.randint(len(bags), (batch,), generator=g).tolist():
                 bag = bags[p]
                 a = bag[int(torch.randint(len(bag), (1,), generator=g))]
                 anchors.append(a)
