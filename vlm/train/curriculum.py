@@ -7,7 +7,8 @@ A *stage* says where a sampled caption's distractors come from and for how long:
   the retriever's image space (similar, not near-identical);
 * ``hard``: the target plus its ``bag_size - 1`` nearest neighbours, kept only where all of them are at
   least ``threshold`` similar (near-duplicates);
-* ``world``: the built-in world's own near-duplicate bags (records with a ``bag`` field).
+* ``world``: the built-in world's own near-duplicate bags (records with a ``bag`` field): one random member of
+  each drawn bag, or with ``whole_bags`` every member of each, so near-duplicates share a batch.
 
 A curriculum is a list of stages, each lasting ``steps`` optimizer steps (or ``epochs`` passes, resolved
 to steps by the trainer). :data:`DEFAULT_BAGCURRI` is random -> easy bags -> hard bags of size 3 -> 5 -> 10.
