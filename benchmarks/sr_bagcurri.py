@@ -89,6 +89,9 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     mle_set, sr_set = dict(mle_set or {}), dict(sr_set or {})
     if "curriculum" in sr_set:
         raise ValueError("sr_set: the curriculum is what the comparison varies; edit vlm/configs/sr-bagcurri.yaml")
+    fixed = sorted(set(sr_set) & {"init_model", "train_data", "seed", "out_dir", "retriever", "progress"})
+    if fixed:
+        raise ValueError(f"sr_set: {fixed} are set by the comparison itself (use --retriever, --seeds, --out)")
     sr_configs = {v: Path(p) for v, p in (sr_configs or {v: CONFIGS / f"{v}.yaml" for v in VARIANTS}).items()}
     if set(sr_configs) != set(VARIANTS):
         raise ValueError(f"sr_configs needs exactly the keys {VARIANTS}, got {sorted(sr_configs)}")

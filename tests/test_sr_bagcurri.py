@@ -75,5 +75,7 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
             run(tmp_path / "out", [0], **{**kw, "sr_set": {"kl_coef": 0.2}})
         with pytest.raises(ValueError, match="curriculum is what the comparison varies"):
             run(tmp_path / "other", [0], **{**kw, "sr_set": {"curriculum": []}})
+        with pytest.raises(ValueError, match=r"\['seed'\] are set by the comparison itself"):
+            run(tmp_path / "other", [0], **{**kw, "sr_set": {"seed": 3}})
     finally:
         _FACTORIES.pop("palette", None)
