@@ -83,10 +83,15 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     from vlm.train.sr import SRConfig, train_sr
     from vlm.world import generate_world
 
+    import dataclasses
+
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     mle_set, sr_set = dict(mle_set or {}), dict(sr_set or {})
+    for what, given, cls in (("mle_set (--mle-set)", mle_set, MLEConfig), ("sr_set (--sr-set)", sr_set, SRConfig)):
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{what}: unknown {cls.__name__} keys {unknown}")
     if "curriculum" in sr_set:
         raise ValueError("sr_set: the curriculum is what the comparison varies; edit vlm/configs/sr-bagcurri.yaml")
     fixed = sorted(set(sr_set) & {"init_model", "train_data", "seed", "out_dir", "retriever", "progress"})
@@ -102,6 +107,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
                 "sr_configs": {v: _load_yaml(sr_configs[v]) for v in VARIANTS}}
     if mle_set or sr_set or eval_world_n != 1500:  # runs made before these options existed stay reusable
         settings.update(mle_set=mle_set, sr_set=sr_set, eval_world_n=eval_world_n)
+    out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)
     over = {**mle_set, **({"model": model} if model else {})}
     mle_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle"), progress=progress, **over)

@@ -77,5 +77,8 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
             run(tmp_path / "other", [0], **{**kw, "sr_set": {"curriculum": []}})
         with pytest.raises(ValueError, match=r"\['seed'\] are set by the comparison itself"):
             run(tmp_path / "other", [0], **{**kw, "sr_set": {"seed": 3}})
+        with pytest.raises(ValueError, match=r"sr_set \(--sr-set\): unknown SRConfig keys \['kl'\]"):
+            run(tmp_path / "other", [0], **{**kw, "sr_set": {"kl": 0.1}})
+        assert not (tmp_path / "other").exists()  # refused before any folder is made
     finally:
         _FACTORIES.pop("palette", None)

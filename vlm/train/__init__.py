@@ -6,7 +6,7 @@ Names load on first use (``import vlm.train`` imports no torch):
 - :func:`evaluate_retriever`, :func:`score_retrieval`: text -> image R@1 among random distractors (RD100)
   and within TrueMatch bags, for any retriever;
 - :func:`fit_ridge_retriever`: the closed-form baseline;
-- :func:`ensure_default_retriever`: the package's offline retrievers (``lit-world-v1``, ``lit-world-v2``:
+- :func:`ensure_default_retriever`: the package's offline retrievers (``lit-world-v1``, ``-v2``, ``-v3``:
   :func:`retriever_recipe`), trained once and cached;
 - :func:`contrastive_main`: ``python -m vlm train-retriever``;
 - :class:`MLEConfig`, :func:`train_mle`: MLE training of captioners (``python -m vlm train``), with
