@@ -21,7 +21,8 @@ def tokenizer(world):
 
 
 def _model(tokenizer, **kw):
-    cfg = PrefixCaptionerConfig(image_encoder="scratch:test_efficientnet", prefix_length=3, scratch_lm=TINY_LM, **kw)
+    cfg = PrefixCaptionerConfig(**{"image_encoder": "scratch:test_efficientnet", **kw}, prefix_length=3,
+                                scratch_lm=TINY_LM)
     return build_prefix_captioner(cfg, tokenizer=tokenizer, seed=0).eval()
 
 
@@ -146,3 +147,41 @@ def test_mapper_positions_tell_where_a_token_is():
     assert torch.allclose(plain(tokens), plain(swapped), atol=1e-5)
     assert not torch.allclose(placed(tokens), placed(swapped), atol=1e-3)
     assert PrefixCaptionerConfig(mapper="transformer", feature_kind="level:3", mapper_positions=True).mapper_positions
+
+
+def test_a_captioner_reads_a_lit_retrievers_tower_and_reloads_it_by_name(world, tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    from vlm.models.lit import LiTConfig, LiTImageTower, LiTRetriever
+
+    images, caps, _ = world
+    torch.manual_seed(0)
+    lit = LiTRetriever(LiTConfig(image_encoder="scratch:test_efficientnet", embed_dim=16, image_size=64,
+                                 image_pool="conv", image_level=2, head_width=8))
+    with torch.no_grad():
+        lit.image_proj[0].weight.mul_(3.0)  # weights of its own: the reloaded tower must have them, not fresh ones
+    lit.save_pretrained(tmp_path / "lit")
+    spec = f"finecap:{tmp_path / 'lit'}"
+    m = _model(tokenizer, image_encoder=spec, feature_kind="spatial", mapper="transformer", mapper_hidden=32,
+               mapper_layers=1, mapper_positions=True)
+    assert isinstance(m.image_encoder, LiTImageTower) and m.image_encoder.fingerprint == lit.fingerprint
+    px = m.preprocess(images[:2])
+    assert px.shape[-1] == 64  # the retriever's own input size
+    grid = lit.image_pooler.convs((lit.image_features(px).float() - lit.image_mean[:, None, None])
+                                  / lit.image_std[:, None, None])  # (2, 4, 4, 4): the head's grid
+    tokens = m.image_features(px)
+    assert tokens.shape == (2, 16, 4) and m.mapper.proj_in.in_features == 4
+    assert torch.allclose(tokens, grid.flatten(2).transpose(1, 2), atol=1e-5)
+    pooled = m.image_encoder.features(px)  # the retriever's own embedding
+    assert torch.allclose(pooled, lit.encode_images(images[:2]), atol=1e-5)
+    m.save_pretrained(tmp_path / "cap")
+    back = PrefixCaptioner.from_pretrained(tmp_path / "cap")
+    saved = load_file(str(tmp_path / "cap" / "model.safetensors"))
+    assert saved and not any(k.startswith("image_encoder.") for k in saved)  # the tower reloads by name
+    with torch.no_grad():
+        a, _ = m.token_log_probs(caps[:2], images=images[:2])
+        b, _ = back.token_log_probs(caps[:2], images=images[:2])
+    assert torch.equal(a, b)
+    plain = LiTRetriever(LiTConfig(image_encoder="scratch:test_efficientnet", embed_dim=16, image_size=64))
+    with pytest.raises(ValueError, match="spatial features are the conv head's grid"):
+        LiTImageTower(plain).features(px, kind="spatial")

@@ -589,11 +589,13 @@ def load_image_encoder(name: str = "efficientnet_lite0", *, device: str | torch.
             (a pretrained tag: online, or offline once cached, else :class:`HubOfflineError` at once),
             ``"open_clip:ViT-B-32:/path/weights.pt"``, ``"open_clip:hf-hub:org/repo"``,
             ``"open_clip:local-dir:/path"``, or ``"open_clip:/path/config.json:random"`` (random weights,
-            seeded: the same spec always gives the same tower).
+            seeded: the same spec always gives the same tower), or a LiT retriever's image tower with its
+            trained head, ``"finecap:lit-v3"`` or ``"finecap:/path/to/lit"`` (:class:`vlm.models.lit.LiTImageTower`).
         device: where the module is placed.
 
     Returns:
-        An :class:`ImageEncoder` in eval mode (an :class:`OpenCLIPImageEncoder` for ``open_clip:`` names).
+        An :class:`ImageEncoder` in eval mode (an :class:`OpenCLIPImageEncoder` for ``open_clip:`` names, a
+        :class:`vlm.models.lit.LiTImageTower` for ``finecap:`` ones).
 
     Example:
         >>> from skimage import data
@@ -608,6 +610,10 @@ def load_image_encoder(name: str = "efficientnet_lite0", *, device: str | torch.
         enc = _efficientnet_lite0()
     elif name.startswith("open_clip:"):
         enc = _open_clip_image_encoder(name)
+    elif name.startswith("finecap:"):  # a LiT retriever's image tower with its trained head
+        from vlm.models.lit import LiTImageTower, load_lit_retriever
+
+        enc = LiTImageTower(load_lit_retriever(name[len("finecap:"):]))
     elif name.startswith("scratch:"):
         # A timm architecture with random weights: tiny test models ("scratch:test_efficientnet") and
         # encoders trained from scratch. Never touches the network.

@@ -73,7 +73,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttentionPoolHead", "LiTConfig", "LiTRetriever", "PACKAGE_RETRIEVERS", "load_lit_retriever"]
+__all__ = ["AttentionPoolHead", "LiTConfig", "LiTImageTower", "LiTRetriever", "PACKAGE_RETRIEVERS",
+           "load_lit_retriever"]
 
 #: ``format`` written into ``config.json``; bump when the saved layout changes.
 LIT_FORMAT = "finecap-lit-v1"
@@ -705,6 +706,75 @@ class LiTRetriever(nn.Module):
         return (f"LiTRetriever({self.name!r}, {c.image_encoder}@{c.image_size}px ({c.image_pool} pool) + "
                 f"{c.text_encoder} (top {c.unfreeze_text_layers} layers trained, {c.text_pool} pool) "
                 f"-> {c.embed_dim}-d)")
+
+
+def _image_encoder_base() -> type:
+    from vlm.pretrained import ImageEncoder
+
+    return ImageEncoder
+
+
+class LiTImageTower(_image_encoder_base()):
+    """A LiT retriever's image side (locked backbone + trained image head) as an image encoder, so that a
+    captioner reads what the retriever learnt to tell apart: ``load_image_encoder("finecap:lit-v3")``, as
+    ClipCap reads CLIP's image tower. Same interface as :class:`vlm.pretrained.ImageEncoder`:
+
+    * ``features(x, kind="pooled")``: the retriever's unit-norm image embedding ``(B, D)``;
+    * ``features(x, kind="spatial")``: conv-head retrievers (``image_pool="conv"``): the head's grid after its
+      two convolutions, ``(B, head_width / 2, 7, 7)`` for a level-3 map, the cells its pools read;
+    * ``features(x, kind="level:<k>")``: the locked backbone's maps, as for the plain encoder.
+
+    ``fingerprint`` is the retriever's (it changes with the trained weights: feature caches stay right).
+
+    Example:
+        >>> import torch
+        >>> from PIL import Image
+        >>> lit = LiTRetriever(LiTConfig(embed_dim=16, image_size=64, image_pool="conv", image_level=2,
+        ...                              head_width=8))
+        >>> tower = LiTImageTower(lit)
+        >>> x = tower.preprocess([Image.new("RGB", (64, 64), "red")], center_crop=False)
+        >>> tuple(tower.features(x, kind="spatial").shape), tower.num_spatial_features
+        ((1, 4, 4, 4), 4)
+        >>> bool(torch.allclose(tower.features(x), lit.embed_image_features(lit.image_features(x)), atol=1e-5))
+        True
+    """
+
+    def __init__(self, retriever: LiTRetriever):
+        enc = retriever.image_encoder
+        super().__init__(enc.model, data_config=enc.data_config, class_names=None, name=retriever.name)
+        self.retriever = retriever.eval().requires_grad_(False)
+        self.fingerprint = retriever.fingerprint
+
+    @property
+    def num_features(self) -> int:
+        """Width D of the pooled features: the retriever's embedding width."""
+        return int(self.retriever.config.embed_dim)
+
+    @property
+    def num_spatial_features(self) -> int:
+        """Channels of the conv head's grid (``head_width / 2``)."""
+        self._need_conv()
+        return max(self.retriever.config.head_width // 2, 1)
+
+    def _need_conv(self) -> None:
+        if self.retriever.config.image_pool != "conv":
+            raise ValueError(f"{self.name}: spatial features are the conv head's grid, but this retriever pools "
+                             f"with image_pool={self.retriever.config.image_pool!r}; use feature_kind 'pooled' "
+                             "or 'level:<k>'")
+
+    def features(self, pixel_values: torch.Tensor, kind: str = "pooled") -> torch.Tensor:
+        if kind.startswith("level:") or (pixel_values.device.type == "cpu" and self.cpu_chunk
+                                         and len(pixel_values) > self.cpu_chunk):
+            return super().features(pixel_values, kind)  # splits big CPU batches, calls this per chunk
+        lit = self.retriever
+        if kind == "pooled":
+            return lit.embed_image_features(lit.image_features(pixel_values))
+        if kind != "spatial":
+            raise ValueError(f"kind must be 'pooled', 'spatial' or 'level:<k>', got {kind!r}")
+        self._need_conv()
+        x = lit.image_features(pixel_values).float()  # (B, C, H, W) at image_level
+        x = (x - lit.image_mean[:, None, None]) / lit.image_std[:, None, None]
+        return lit.image_pooler.convs(x)  # (B, W/2, h', w')
 
 
 def load_lit_retriever(rest: str = "lit", *, device: str = "cpu") -> LiTRetriever:

@@ -103,7 +103,8 @@ class PrefixCaptionerConfig:
                              "'spatial' or 'level:<k>'")
         for f in ("image_encoder_training", "lm_training"):
             if getattr(self, f) not in _TRAINING_MODES:
-                raise ValueError(f"PrefixCaptionerConfig.{f} must be one of {_TRAINING_MODES}, got {getattr(self, f)!r}")
+                raise ValueError(f"PrefixCaptionerConfig.{f} must be one of {_TRAINING_MODES}, "
+                                 f"got {getattr(self, f)!r}")
         if self.image_encoder_training == "lora":
             raise ValueError("PrefixCaptionerConfig.image_encoder_training='lora' is not supported; use frozen or full")
         if self.mapper_positions and self.mapper != "transformer":
