@@ -96,6 +96,7 @@ def test_lora_trains_only_adapters_and_mapper(tokenizer):
     (dict(feature_kind="pooled", spatial_pool=2), "spatial_pool pools a feature map"),
     (dict(feature_kind="spatial", mapper="transformer", spatial_pool=0), "spatial_pool must be"),
     (dict(mapper_positions=True), "mapper_positions needs mapper='transformer'"),
+    (dict(image_encoder="finecap:lit-v3", image_encoder_training="full"), "tower .* is locked"),
     (dict(mapper="transformer", mapper_hidden=30, mapper_positions=True), "divisible by 4"),
 ])
 def test_config_validation(bad, match):

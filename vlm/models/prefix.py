@@ -105,6 +105,9 @@ class PrefixCaptionerConfig:
             if getattr(self, f) not in _TRAINING_MODES:
                 raise ValueError(f"PrefixCaptionerConfig.{f} must be one of {_TRAINING_MODES}, "
                                  f"got {getattr(self, f)!r}")
+        if self.image_encoder_training == "full" and self.image_encoder.startswith("finecap:"):
+            raise ValueError("PrefixCaptionerConfig: a LiT retriever's tower (image_encoder='finecap:...') is locked "
+                             "(its backbone runs without gradients); use image_encoder_training='frozen'")
         if self.image_encoder_training == "lora":
             raise ValueError("PrefixCaptionerConfig.image_encoder_training='lora' is not supported; use frozen or full")
         if self.mapper_positions and self.mapper != "transformer":
