@@ -79,19 +79,15 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     (default: the shipped ones)."""
     from vlm.metrics import caption_scores
     from vlm.retrieval import load_retriever
-    from vlm.train.mle import MLEConfig, train_mle
+    from vlm.train.mle import MLEConfig, check_config_keys, train_mle
     from vlm.train.sr import SRConfig, train_sr
     from vlm.world import generate_world
-
-    import dataclasses
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     mle_set, sr_set = dict(mle_set or {}), dict(sr_set or {})
-    for what, given, cls in (("mle_set (--mle-set)", mle_set, MLEConfig), ("sr_set (--sr-set)", sr_set, SRConfig)):
-        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"{what}: unknown {cls.__name__} keys {unknown}")
+    check_config_keys(MLEConfig, mle_set, source="mle_set (--mle-set)")
+    check_config_keys(SRConfig, sr_set, source="sr_set (--sr-set)")
     if "curriculum" in sr_set:
         raise ValueError("sr_set: the curriculum is what the comparison varies; edit vlm/configs/sr-bagcurri.yaml")
     fixed = sorted(set(sr_set) & {"init_model", "train_data", "seed", "out_dir", "retriever", "progress"})

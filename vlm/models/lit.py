@@ -66,10 +66,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
+from vlm.pretrained import ImageEncoder
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-    from vlm.pretrained import ImageEncoder, TextEncoder
+    from vlm.pretrained import TextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -708,13 +710,7 @@ class LiTRetriever(nn.Module):
                 f"-> {c.embed_dim}-d)")
 
 
-def _image_encoder_base() -> type:
-    from vlm.pretrained import ImageEncoder
-
-    return ImageEncoder
-
-
-class LiTImageTower(_image_encoder_base()):
+class LiTImageTower(ImageEncoder):
     """A LiT retriever's image side (locked backbone + trained image head) as an image encoder, so that a
     captioner reads what the retriever learnt to tell apart: ``load_image_encoder("finecap:lit-v3")``, as
     ClipCap reads CLIP's image tower. Same interface as :class:`vlm.pretrained.ImageEncoder`:

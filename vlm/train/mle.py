@@ -128,9 +128,7 @@ class MLEConfig:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "config") -> MLEConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{source}: unknown MLEConfig keys {sorted(unknown)}")
+        check_config_keys(cls, d, source=source)
         return cls(**d)
 
     @classmethod
@@ -486,6 +484,20 @@ def evaluate(model, ds, feats: torch.Tensor | None, cfg: MLEConfig, *,
                        if isinstance(v, (int, float))})
     model.train()
     return result
+
+
+def check_config_keys(cls: type, d: dict, *, source: str) -> None:
+    """Raise ``ValueError`` naming ``source`` if ``d`` has keys that are not fields of the dataclass ``cls``.
+
+    Example:
+        >>> check_config_keys(MLEConfig, {"lr": 0.001, "lrate": 1}, source="--set")
+        Traceback (most recent call last):
+        ...
+        ValueError: --set: unknown MLEConfig keys ['lrate']
+    """
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{source}: unknown {cls.__name__} keys {sorted(unknown)}")
 
 
 def parse_overrides(items: list[str], *, option: str = "--set") -> dict:

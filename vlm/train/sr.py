@@ -104,9 +104,9 @@ class SRConfig:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "config") -> SRConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{source}: unknown SRConfig keys {sorted(unknown)}")
+        from vlm.train.mle import check_config_keys
+
+        check_config_keys(cls, d, source=source)
         return cls(**d)
 
 
