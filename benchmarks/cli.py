@@ -8,6 +8,7 @@
   flickr30k    caption and score the Flickr30K Karpathy split (``coco`` likewise)
   hallucination  facts per caption and hallucination rate against world scene graphs
   sr-bagcurri  the self-retrieval comparison: MLE vs SR with random distractors vs SR + BagCurri, 3 seeds
+  sr-headroom  best-of-n headroom of a captioner under a judge: what self-retrieval fine-tuning could find
   tida-compare the TIDA comparison: captioners on biased world data vs biased + TIDA pairs, 3 seeds
   speed        speed measurements (``speed world``, ``speed captions``)
 
@@ -39,6 +40,7 @@ _DELEGATED = {
     "coco": ("benchmarks.flickr", "main", "caption the COCO Karpathy split with a captioner and score it"),
     "hallucination": ("benchmarks.hallucination", "main", "facts stated and hallucinated by captions of world images"),
     "sr-bagcurri": ("benchmarks.sr_bagcurri", "main", "MLE vs SR (random) vs SR + BagCurri on the world, 3 seeds"),
+    "sr-headroom": ("benchmarks.sr_headroom", "main", "what SR could find in a captioner's samples"),
     "tida-compare": ("benchmarks.tida_compare", "main", "biased vs biased + TIDA captioners, 3 seeds"),
 }
 

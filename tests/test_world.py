@@ -278,3 +278,20 @@ def test_dense_captions_state_more_facts_than_terse_ones():
     dense = sum(score_caption(it.dense_caption, it.scene)["facts"] for it in items)
     terse = sum(score_caption(it.captions[0], it.scene)["facts"] for it in items)
     assert dense > 2 * terse
+
+
+def test_caption_levels_set_each_annotators_detail():
+    from vlm.world.facts import score_caption
+
+    def mean_facts(preset, k):
+        items = list(iter_world(resolve_config(preset), 200, seed=1))
+        return sum(score_caption(it.captions[k], it.scene)["facts"] for it in items) / len(items)
+
+    # captioning's fifth annotator is exhaustive; captioning-generic's is medium, like its third
+    assert mean_facts("captioning", 4) > mean_facts("captioning-generic", 4) + 1.0
+    assert abs(mean_facts("captioning-generic", 4) - mean_facts("captioning-generic", 2)) < 0.8
+    only = list(iter_world(resolve_config("captioning", caption_levels=("terse",), n_captions=3), 20, seed=1))
+    terse = [score_caption(c, it.scene)["facts"] for it in only for c in it.captions]
+    assert len(terse) == 60 and sum(terse) / 60 < mean_facts("captioning", 4) / 2
+    with pytest.raises(ValueError, match="caption_levels"):
+        resolve_config("captioning", caption_levels=("exhaustive",))

@@ -25,7 +25,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlm.world.language import dense_caption, fine_grained_captions, human_captions, questions
+from vlm.world.language import CAPTION_LEVELS, dense_caption, fine_grained_captions, human_captions, questions
 from vlm.world.render import render
 from vlm.world.scene import (BACKGROUNDS, COLORS, FINE_CLASSES, GENDERS, MAX_COUNT, SHAPES, SIZES, Scene,
                              Thing, fits, place)
@@ -88,6 +88,8 @@ class WorldConfig:
     """Probability that a scene contains a group of people (man/woman, small ones are boy/girl)."""
     n_captions: int = 5
     """Human-like captions per image (a dense caption is stored besides)."""
+    caption_levels: tuple[str, ...] = ("terse", "terse", "medium", "medium", "detailed")
+    """Detail level of each annotator's caption ("terse", "medium" or "detailed"), cycled over ``n_captions``."""
     n_questions: int = 0
     """Question/answer pairs per image (field ``qa``)."""
     bag_sizes: tuple[int, ...] = ()
@@ -107,6 +109,10 @@ class WorldConfig:
             raise ValueError(f"WorldConfig.image_size must be >= 16, got {self.image_size}")
         if abs(sum(f for _, f in self.splits) - 1.0) > 1e-6:
             raise ValueError(f"WorldConfig.splits fractions must sum to 1, got {self.splits}")
+        bad = [lv for lv in self.caption_levels if lv not in CAPTION_LEVELS]
+        if bad or not self.caption_levels:
+            raise ValueError(f"WorldConfig.caption_levels must be a non-empty tuple of {CAPTION_LEVELS}, got "
+                             f"{self.caption_levels}")
         for b in self.bag_sizes:
             if b < 2:
                 raise ValueError(f"WorldConfig.bag_sizes must be >= 2, got {b}")
@@ -117,6 +123,10 @@ PRESETS: dict[str, WorldConfig] = {
     "tida-biased": WorldConfig(
         preset="tida-biased", p_person=0.6, correlations=TIDA_CORRELATIONS,
         splits=(("train", 0.7), ("val", 0.1), ("test", 0.1), ("test_cf", 0.1))),
+    # COCO-like annotators: they name the salient things and never list everything (no exhaustive caption),
+    # the generic MLE targets that self-retrieval fine-tuning starts from (METHODS.md section 2).
+    "captioning-generic": WorldConfig(preset="captioning-generic",
+                                      caption_levels=("terse", "terse", "medium", "medium", "medium")),
     "truematch": WorldConfig(preset="truematch", min_groups=2, max_groups=3, p_person=0.4,
                              bag_sizes=(3, 5, 7)),
     "vqa": WorldConfig(preset="vqa", min_groups=2, max_groups=4, max_things=8, p_person=0.25, n_questions=4),
@@ -391,7 +401,7 @@ class WorldItem:
 def _describe(scene: Scene, rng: random.Random, cfg: WorldConfig) -> tuple[list[str], str]:
     if cfg.fine_grained:
         return fine_grained_captions(scene, rng, cfg.n_captions), dense_caption(scene)
-    return human_captions(scene, rng, cfg.n_captions), dense_caption(scene)
+    return human_captions(scene, rng, cfg.n_captions, levels=cfg.caption_levels), dense_caption(scene)
 
 
 def iter_world(cfg: WorldConfig, n: int, seed: int):

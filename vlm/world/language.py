@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Sequence
 
 from vlm.world.scene import BACKGROUND_PHRASES, COUNT_WORDS, FINE_CLASSES, PLURALS, Scene, Thing, relation
 
@@ -136,6 +137,9 @@ def dense_caption(scene: Scene, *, max_relations: int = 2) -> str:
 _OPENERS = ["", "", "", "a picture of ", "an image of ", "there is ", "this is ", "a photo of "]
 
 
+CAPTION_LEVELS = ("terse", "medium", "detailed")
+
+
 def human_caption(scene: Scene, rng: random.Random, detail: str) -> str:
     """One human-like caption at a detail level: "terse", "medium" or "detailed"."""
     gs = sorted(groups(scene), key=lambda g: _salience(g[0]))
@@ -169,9 +173,10 @@ def human_caption(scene: Scene, rng: random.Random, detail: str) -> str:
     return text
 
 
-def human_captions(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
-    """``n`` varied captions, from terse to detailed, distinct where the scene allows it."""
-    levels = ["terse", "terse", "medium", "medium", "detailed"]
+def human_captions(scene: Scene, rng: random.Random, n: int = 5,
+                   levels: Sequence[str] = ("terse", "terse", "medium", "medium", "detailed")) -> list[str]:
+    """``n`` varied captions, distinct where the scene allows it; caption ``k`` has detail ``levels[k % len]``
+    (the default: two terse, two medium, one exhaustive)."""
     out: list[str] = []
     for k in range(n):
         level = levels[k % len(levels)]

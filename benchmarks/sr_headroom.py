@@ -1,0 +1,153 @@
+"""How much could self-retrieval (SR) fine-tuning gain under a judge? Best-of-n headroom of a captioner.
+
+``python -m benchmarks sr-headroom --model DIR --world DIR [--retriever finecap:lit-v3] [--n 16] [--out F.json]``
+
+SR fine-tuning can only make a captioner say what its own samples already say now and then. This samples
+``n`` captions per image of a TrueMatch world (protocol limits: at most 20 tokens, stop at the first '.'),
+keeps one per image by a rule, and scores the kept captions with the TrueMatch protocol (R@1 per bag size
+under the same retriever) and against the scene graphs (facts per caption, hallucination rate):
+
+- ``beam``: the protocol decoding (beam 5), the captioner as it is;
+- ``sample``: the first sample, one policy draw;
+- ``clip_s``: the sample closest to its own image (no distractors: what a decoding-time reranker gets);
+- ``rd{K}``: the best contrastive reward against ``K`` random images of the world (what random-distractor
+  SR rewards);
+- ``nn{K}``: the best contrastive reward against the image's ``K`` nearest neighbours in the retriever's
+  image space (what SR on hard mined bags rewards);
+- ``bag``: the best contrastive reward against the image's own evaluation bag: an oracle that uses the
+  answer, the ceiling of the sampled captions.
+
+If even ``bag`` stays near ``beam``, SR has nothing to find; a gap is the room SR could take, provided the
+policy can learn from its training images which sample to prefer (only training measures that). A rise
+in hallucination under ``rd``/``nn`` warns that the reward favours what the judge sees over what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+@torch.no_grad()
+def sr_headroom(captioner: Any, data: Any, retriever: Any, *, n: int = 16, temperature: float = 1.0,
+                k_random: int = 31, k_nn: int = 10, seed: int = 0, batch_size: int = 64,
+                progress: bool = False) -> dict[str, dict]:
+    """Scores of the captions each rule keeps (module docstring), ``{rule_name: {"R@1/bag5": ..., ...}}``.
+
+    ``captioner``: anything with ``generate(images, num_beams=, do_sample=, temperature=,
+    num_return_sequences=, max_new_tokens=, stop_at_period=)``; ``data``: a world's
+    :class:`benchmarks.truematch.TrueMatchData` (records with scenes); ``retriever``: the judge.
+    """
+    from tqdm import tqdm
+
+    from benchmarks.truematch import score_truematch
+    from vlm.world import Scene
+    from vlm.world.facts import fact_scores
+
+    if n < 2:
+        raise ValueError(f"sr_headroom needs n >= 2 samples per image, got {n}")
+    if data.records is None or not all(r.extra.get("scene") for r in data.records):
+        raise ValueError("sr_headroom needs a built-in world's bags (records with scenes): load_world_bags(folder)")
+    N = data.n_images
+    if N <= max(k_random, k_nn):
+        raise ValueError(f"sr_headroom: {N} images are too few for k_random={k_random} / k_nn={k_nn} distractors")
+    torch.manual_seed(seed)
+    beam, samples, img = [], [], []
+    for start in tqdm(range(0, N, batch_size), desc="sr-headroom captions", disable=not progress):
+        ims = [data.image(i) for i in range(start, min(N, start + batch_size))]
+        beam += captioner.generate(ims, num_beams=5, max_new_tokens=20, stop_at_period=True)
+        samples += captioner.generate(ims, do_sample=True, temperature=temperature, num_return_sequences=n,
+                                      max_new_tokens=20, stop_at_period=True)
+        img.append(retriever.encode_images(ims).float())
+    img = torch.cat(img)
+    t_beam = retriever.encode_texts([c or "." for c in beam]).float()
+    t_samp = retriever.encode_texts([c or "." for c in samples]).float().view(N, n, -1)
+    scale = float(getattr(retriever, "logit_scale", 100.0))
+
+    def reward_against(cands: torch.Tensor) -> torch.Tensor:  # (N, C) candidates, target first -> (N, n)
+        sims = torch.einsum("knd,kcd->knc", t_samp, img[cands])
+        return torch.log_softmax(scale * sims, -1)[..., 0]
+
+    g = torch.Generator().manual_seed(seed)
+    rnd = torch.empty(N, k_random + 1, dtype=torch.long)
+    for i in range(N):
+        others = torch.randperm(N - 1, generator=g)[:k_random]
+        rnd[i, 0], rnd[i, 1:] = i, others + (others >= i).long()  # k_random distinct images other than i
+    sim_ii = img @ img.T
+    sim_ii.fill_diagonal_(-2.0)
+    nn = torch.cat([torch.arange(N)[:, None], sim_ii.topk(k_nn, dim=1).indices], 1)
+    bag_score = torch.full((N, n), float("-inf"))
+    for bags in data.bags.values():
+        for bag in bags:
+            b = torch.as_tensor(bag)
+            for pos, i in enumerate(bag):
+                bag_score[i] = torch.log_softmax(scale * t_samp[i] @ img[b].T, -1)[:, pos]
+    own = torch.einsum("knd,kd->kn", t_samp, img)
+    picks = {"sample": torch.zeros(N, dtype=torch.long), "clip_s": own.argmax(1),
+             f"rd{k_random}": reward_against(rnd).argmax(1), f"nn{k_nn}": reward_against(nn).argmax(1),
+             "bag": bag_score.argmax(1)}
+    scenes = {str(i): Scene.from_dict(r.extra["scene"]) for i, r in enumerate(data.records)}
+
+    def score(text_emb: torch.Tensor, caps: list[str]) -> dict:
+        m = score_truematch(img, text_emb.contiguous(), data.bags).metrics()
+        out = {k: round(v, 4) for k, v in m.items() if v is not None and k.startswith("R@1/bag")}
+        f = fact_scores({str(i): c or "." for i, c in enumerate(caps)}, scenes)
+        words = sum(len(c.split()) for c in caps) / N
+        out.update(facts_per_caption=round(f["facts_per_caption"], 3),
+                   hallucination_rate=round(f["hallucination_rate"], 4), mean_length_words=round(words, 2))
+        return out
+
+    result = {"beam": score(t_beam, beam)}
+    rows = torch.arange(N)
+    for name, j in picks.items():
+        result[name] = score(t_samp[rows, j], [samples[i * n + int(j[i])] for i in range(N)])
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    cols = [c for c in next(iter(result.values())) if c.startswith("R@1/bag")]
+    cols += ["facts_per_caption", "hallucination_rate", "mean_length_words"]
+    lines = ["| kept caption | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, row in result.items():
+        cells = [f"{100 * row[c]:.1f}" if c.startswith("R@1") or c == "hallucination_rate" else f"{row[c]:.2f}"
+                 for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks sr-headroom", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a captioner folder (save_pretrained) or hf:<id>")
+    p.add_argument("--world", required=True,
+                   help="a truematch-preset world folder (python -m vlm world --preset truematch)")
+    p.add_argument("--retriever", default="finecap:lit", help="the judge (default finecap:lit)")
+    p.add_argument("--n", type=int, default=16, help="samples per image (default 16)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--k-random", type=int, default=31)
+    p.add_argument("--k-nn", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the scores to this JSON file")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    from benchmarks.truematch import load_world_bags
+    from vlm.models import create_captioner
+    from vlm.retrieval import load_retriever
+
+    model = create_captioner(args.model)
+    model.eval()
+    result = sr_headroom(model, load_world_bags(args.world), load_retriever(args.retriever), n=args.n,
+                         temperature=args.temperature, k_random=args.k_random, k_nn=args.k_nn, seed=args.seed,
+                         progress=not args.quiet)
+    if args.out:
+        from vlm.data import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps({"args": vars(args), "scores": result}, indent=2) + "\n")
+    print(markdown_table(result))
+    return 0
+
+
+__all__ = ["markdown_table", "sr_headroom"]

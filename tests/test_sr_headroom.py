@@ -1,0 +1,94 @@
+"""Best-of-n headroom (python -m benchmarks sr-headroom): every rule keeps the sample it should."""
+
+import hashlib
+
+import pytest
+import torch
+
+from benchmarks.sr_headroom import main, markdown_table, sr_headroom
+from benchmarks.truematch import load_world_bags
+from vlm.world import generate_world
+
+
+def _key(im) -> str:
+    return hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()
+
+
+class CaptionJudge:
+    """Embeds a text as a fixed random vector per string, and an image as the vector of its dense caption."""
+
+    name, logit_scale = "caption-judge", 50.0
+
+    def __init__(self, dense_of: dict[str, str]):
+        self.dense_of = dense_of
+
+    def encode_texts(self, texts, *, batch_size=64):
+        out = []
+        for t in texts:
+            g = torch.Generator().manual_seed(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16))
+            out.append(torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0))
+        return torch.stack(out)
+
+    def encode_images(self, images, *, batch_size=64):
+        return self.encode_texts([self.dense_of[_key(im)] for im in images])
+
+
+class ScriptedCaptioner:
+    """Beam: "A picture." Samples: another image's dense caption first, the image's own at position i % n."""
+
+    def __init__(self, index_of: dict[str, int], dense: list[str]):
+        self.index_of, self.dense = index_of, dense
+
+    def generate(self, images, *, num_beams=1, do_sample=False, num_return_sequences=1, **kw):
+        out = []
+        for im in images:
+            i = self.index_of[_key(im)]
+            if not do_sample:
+                out.append("A picture.")
+                continue
+            caps = [self.dense[(i + 1 + k) % len(self.dense)] for k in range(num_return_sequences)]
+            caps[i % num_return_sequences or 1] = self.dense[i]  # never sample 0: that one is always wrong
+            out += caps
+        return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = generate_world(tmp_path_factory.mktemp("hr") / "w", n=45, seed=0, preset="truematch", image_size=48)
+    data = load_world_bags(root)
+    keys = [_key(data.image(i)) for i in range(data.n_images)]
+    dense = [r.extra["dense_caption"] for r in data.records]
+    return root, data, keys, dense
+
+
+def test_every_rule_keeps_the_image_own_dense_caption(world):
+    _, data, keys, dense = world
+    judge = CaptionJudge(dict(zip(keys, dense)))
+    cap = ScriptedCaptioner({k: i for i, k in enumerate(keys)}, dense)
+    res = sr_headroom(cap, data, judge, n=4, k_random=5, k_nn=3, batch_size=16)
+    assert list(res) == ["beam", "sample", "clip_s", "rd5", "nn3", "bag"]
+    for k in data.bags:  # one caption for every image of a bag: ties shared, chance
+        assert res["beam"][f"R@1/bag{k}"] == pytest.approx(1 / k, abs=1e-4)
+    assert res["beam"]["facts_per_caption"] == 0
+    for rule in ("clip_s", "rd5", "nn3", "bag"):  # the own dense caption: exact, found by every reward
+        assert all(res[rule][f"R@1/bag{k}"] == 1.0 for k in data.bags)
+        assert res[rule]["hallucination_rate"] == 0.0 and res[rule]["facts_per_caption"] > 3
+    assert res["sample"]["hallucination_rate"] > 0.2  # another image's caption states wrong facts
+    md = markdown_table(res).splitlines()
+    assert md[0].startswith("| kept caption | R@1/bag3 | R@1/bag5 | R@1/bag7 |") and md[-1].startswith("| bag | 100.0 |")
+
+
+def test_bad_inputs_are_refused_clearly(world):
+    _, data, keys, dense = world
+    judge, cap = CaptionJudge(dict(zip(keys, dense))), ScriptedCaptioner({k: i for i, k in enumerate(keys)}, dense)
+    with pytest.raises(ValueError, match="n >= 2"):
+        sr_headroom(cap, data, judge, n=1)
+    with pytest.raises(ValueError, match="too few for k_random=50"):
+        sr_headroom(cap, data, judge, n=2, k_random=50)
+
+
+def test_cli_help_names_the_rules(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(w in out for w in ("clip_s", "nn{K}", "--k-nn", "--world", "--retriever"))
