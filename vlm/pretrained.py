@@ -613,7 +613,7 @@ def load_image_encoder(name: str = "efficientnet_lite0", *, device: str | torch.
     elif name.startswith("finecap:"):  # a LiT retriever's image tower with its trained head
         from vlm.models.lit import LiTImageTower, load_lit_retriever
 
-        enc = LiTImageTower(load_lit_retriever(name[len("finecap:"):]))
+        enc = LiTImageTower(load_lit_retriever(name[len("finecap:"):]), drop_text_tower=True)
     elif name.startswith("scratch:"):
         # A timm architecture with random weights: tiny test models ("scratch:test_efficientnet") and
         # encoders trained from scratch. Never touches the network.

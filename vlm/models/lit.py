@@ -488,6 +488,8 @@ class LiTRetriever(nn.Module):
         MiniLM's dropout stays on only in trained layers) stay in eval mode."""
         super().train(mode)
         self.image_encoder.eval()
+        if self.text_encoder is None:  # an image tower only (LiTImageTower(..., drop_text_tower=True))
+            return self
         self.text_encoder.eval()
         if mode:
             layers = self._text_layers()
@@ -721,6 +723,8 @@ class LiTImageTower(ImageEncoder):
     * ``features(x, kind="level:<k>")``: the locked backbone's maps, as for the plain encoder.
 
     ``fingerprint`` is the retriever's (it changes with the trained weights: feature caches stay right).
+    ``drop_text_tower=True`` frees the retriever's MiniLM (about 22M parameters), which a captioner never runs;
+    the retriever can then no longer embed texts (``load_image_encoder`` does this: it loads its own copy).
 
     Example:
         >>> import torch
@@ -735,11 +739,13 @@ class LiTImageTower(ImageEncoder):
         True
     """
 
-    def __init__(self, retriever: LiTRetriever):
+    def __init__(self, retriever: LiTRetriever, *, drop_text_tower: bool = False):
         enc = retriever.image_encoder
         super().__init__(enc.model, data_config=enc.data_config, class_names=None, name=retriever.name)
+        self.fingerprint = retriever.fingerprint  # before any text tower is dropped: it hashes the text head too
+        if drop_text_tower:
+            retriever.text_encoder = None
         self.retriever = retriever.eval().requires_grad_(False)
-        self.fingerprint = retriever.fingerprint
 
     @property
     def num_features(self) -> int:
