@@ -312,7 +312,8 @@ def read_captions(source: str | os.PathLike, data: TrueMatchData) -> list[str]:
 
     ``source`` is a JSON file -- ``{image_id: caption}`` or ``[{"image_id": ..., "caption": ...}]`` (ids
     compared as strings; ids not in the pool are ignored) -- or ``reference:first`` (each record's first
-    human caption) or ``reference:FIELD`` (a string field of every record, e.g. ``reference:dense_caption``).
+    human caption), ``reference:caption:K`` (its K-th, from 0: on the world, one annotator's level of detail)
+    or ``reference:FIELD`` (a string field of every record, e.g. ``reference:dense_caption``).
 
     Example:
         >>> import json, tempfile
@@ -365,9 +366,18 @@ def _reference_captions(name: str, data: TrueMatchData) -> list[str]:
     if data.records is None:
         raise ValueError(f"reference:{name} needs stored captions: use it with a world (--world); the public "
                          "bags layout has none")
+    k = None
+    if name == "first" or name.startswith("caption:"):
+        k = 0 if name == "first" else name[len("caption:"):]
+        if not str(k).isdigit():
+            raise ValueError(f"reference:{name}: expected reference:caption:K with K a caption index (0, 1, ...)")
+        k = int(k)
     out = []
     for r in data.records:
-        value = r.captions[0] if name == "first" else r.extra.get(name)
+        if k is not None and len(r.captions) <= k:
+            raise DatasetFormatError(f"record {r.id or r.file_name!r} has {len(r.captions)} captions, none at index "
+                                     f"{k} for reference:{name}", field="captions")
+        value = r.captions[k] if k is not None else r.extra.get(name)
         if not isinstance(value, str) or not value.strip():
             raise DatasetFormatError(f"record {r.id or r.file_name!r} has no non-empty string field {name!r} for "
                                      f"reference:{name}", field=name)

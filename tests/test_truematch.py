@@ -369,6 +369,11 @@ def test_world_layout_groups_bags_and_reads_references(world):
             assert len({by_id[data.ids[i]]["bag"]["id"] for i in bag}) == 1
     assert tm.read_captions("reference:dense_caption", data) == [by_id[i]["dense_caption"] for i in data.ids]
     assert tm.read_captions("reference:first", data) == [by_id[i]["captions"][0] for i in data.ids]
+    assert tm.read_captions("reference:caption:4", data) == [by_id[i]["captions"][4] for i in data.ids]
+    with pytest.raises(DatasetFormatError, match="none at index 9"):
+        tm.read_captions("reference:caption:9", data)
+    with pytest.raises(ValueError, match="reference:caption:K"):
+        tm.read_captions("reference:caption:x", data)
 
 
 def test_world_with_an_incomplete_bag_is_refused_naming_it(world, tmp_path):
