@@ -92,3 +92,26 @@ def test_cli_help_names_the_rules(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(w in out for w in ("clip_s", "nn{K}", "--k-nn", "--world", "--retriever"))
+
+
+def test_cli_scores_a_saved_captioner_and_writes_json(world, tmp_path, capsys):
+    import json
+
+    from vlm.models import create_captioner
+    from vlm.retrieval import _FACTORIES, register_retriever
+
+    root, data, keys, dense = world
+    model = create_captioner("prefix-tiny", train_texts=dense * 2, vocab_size=300, seed=0)
+    model.save_pretrained(tmp_path / "cap")
+    register_retriever("judge", lambda rest, device="cpu": CaptionJudge(dict(zip(keys, dense))))
+    try:
+        out = tmp_path / "headroom.json"
+        assert main(["--model", str(tmp_path / "cap"), "--world", str(root), "--retriever", "judge:x", "--n", "3",
+                     "--k-random", "4", "--k-nn", "2", "--out", str(out), "--quiet"]) == 0
+    finally:
+        _FACTORIES.pop("judge", None)
+    scores = json.loads(out.read_text())["scores"]
+    assert list(scores) == ["beam", "sample", "clip_s", "rd4", "nn2", "bag"]
+    for row in scores.values():  # the real path: a saved captioner sampled, scored and written per rule
+        assert all(0.0 <= row[f"R@1/bag{k}"] <= 1.0 for k in data.bags) and row["mean_length_words"] >= 0
+    assert scores["beam"]["facts_per_caption"] >= 0 and "| bag |" in capsys.readouterr().out
