@@ -31,19 +31,22 @@ from typing import Any
 
 import torch
 
+
 @torch.no_grad()
 def sr_headroom(captioner: Any, data: Any, retriever: Any, *, n: int = 16, temperature: float = 1.0,
                 k_random: int = 31, k_nn: int = 10, seed: int = 0, batch_size: int = 64,
-                progress: bool = False) -> dict[str, dict]:
+                cache: Any = None, progress: bool = False) -> dict[str, dict]:
     """Scores of the captions each rule keeps (module docstring), ``{rule_name: {"R@1/bag5": ..., ...}}``.
 
     ``captioner``: anything with ``generate(images, num_beams=, do_sample=, temperature=,
     num_return_sequences=, max_new_tokens=, stop_at_period=)``; ``data``: a world's
-    :class:`benchmarks.truematch.TrueMatchData` (records with scenes); ``retriever``: the judge.
+    :class:`benchmarks.truematch.TrueMatchData` (records with scenes); ``retriever``: the judge; ``cache``: a
+    :class:`benchmarks.truematch.EmbeddingCache` for the image embeddings (``python -m benchmarks truematch``'s).
     """
     from tqdm import tqdm
 
-    from benchmarks.truematch import score_truematch
+    from benchmarks.truematch import encode_image_files, score_truematch
+    from vlm.rewards import contrastive_reward
     from vlm.world import Scene
     from vlm.world.facts import fact_scores
 
@@ -55,21 +58,20 @@ def sr_headroom(captioner: Any, data: Any, retriever: Any, *, n: int = 16, tempe
     if N <= max(k_random, k_nn):
         raise ValueError(f"sr_headroom: {N} images are too few for k_random={k_random} / k_nn={k_nn} distractors")
     torch.manual_seed(seed)
-    beam, samples, img = [], [], []
+    beam, samples = [], []
     for start in tqdm(range(0, N, batch_size), desc="sr-headroom captions", disable=not progress):
         ims = [data.image(i) for i in range(start, min(N, start + batch_size))]
         beam += captioner.generate(ims, num_beams=5, max_new_tokens=20, stop_at_period=True)
         samples += captioner.generate(ims, do_sample=True, temperature=temperature, num_return_sequences=n,
                                       max_new_tokens=20, stop_at_period=True)
-        img.append(retriever.encode_images(ims).float())
-    img = torch.cat(img)
+    img = encode_image_files(retriever, data.paths, batch_size=batch_size, cache=cache).float()
     t_beam = retriever.encode_texts([c or "." for c in beam]).float()
     t_samp = retriever.encode_texts([c or "." for c in samples]).float().view(N, n, -1)
     scale = float(getattr(retriever, "logit_scale", 100.0))
 
     def reward_against(cands: torch.Tensor) -> torch.Tensor:  # (N, C) candidates, target first -> (N, n)
         sims = torch.einsum("knd,kcd->knc", t_samp, img[cands])
-        return torch.log_softmax(scale * sims, -1)[..., 0]
+        return contrastive_reward(sims.flatten(0, 1), 0, scale=scale).view(N, n)
 
     g = torch.Generator().manual_seed(seed)
     rnd = torch.empty(N, k_random + 1, dtype=torch.long)
@@ -84,7 +86,7 @@ def sr_headroom(captioner: Any, data: Any, retriever: Any, *, n: int = 16, tempe
         for bag in bags:
             b = torch.as_tensor(bag)
             for pos, i in enumerate(bag):
-                bag_score[i] = torch.log_softmax(scale * t_samp[i] @ img[b].T, -1)[:, pos]
+                bag_score[i] = contrastive_reward(t_samp[i] @ img[b].T, pos, scale=scale)
     own = torch.einsum("knd,kd->kn", t_samp, img)
     picks = {"sample": torch.zeros(N, dtype=torch.long), "clip_s": own.argmax(1),
              f"rd{k_random}": reward_against(rnd).argmax(1), f"nn{k_nn}": reward_against(nn).argmax(1),
@@ -133,15 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="also write the scores to this JSON file")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    from benchmarks.truematch import load_world_bags
+    from benchmarks.truematch import EmbeddingCache, load_world_bags
     from vlm.models import create_captioner
+    from vlm.pretrained import cache_dir
     from vlm.retrieval import load_retriever
 
     model = create_captioner(args.model)
     model.eval()
     result = sr_headroom(model, load_world_bags(args.world), load_retriever(args.retriever), n=args.n,
                          temperature=args.temperature, k_random=args.k_random, k_nn=args.k_nn, seed=args.seed,
-                         progress=not args.quiet)
+                         cache=EmbeddingCache(cache_dir() / "truematch_embeddings"), progress=not args.quiet)
     if args.out:
         from vlm.data import atomic_write_text
 

@@ -357,10 +357,17 @@ class ConvPoolHead(nn.Module):
                      if pool in ("mean", "both") else None)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.cells(maps))
+
+    def cells(self, maps: torch.Tensor) -> torch.Tensor:
+        """The grid the pools read: ``(B, C, H, W)`` -> ``(B, W/2, ceil(H/2), ceil(W/2))`` after both convs."""
         if tuple(maps.shape[2:]) != self.grid:
             raise ValueError(f"ConvPoolHead: a {tuple(maps.shape[2:])} map, but the head was built for {self.grid} "
                              "(was the image size changed?)")
-        h = self.convs(maps)  # (B, W/2, h', w')
+        return self.convs(maps)
+
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """The grid of :meth:`cells` -> one vector ``(B, W)``."""
         y = self.out(h) if self.out is not None else 0.0
         if self.glob is not None:
             cells = h.flatten(2)  # (B, W/2, h'*w')
@@ -549,11 +556,18 @@ class LiTRetriever(nn.Module):
             x = x.flatten(2).transpose(1, 2)  # (B, h*w, C): map cells row by row
             x = self.image_pooler((x - self.image_mean) / self.image_std)  # (B, W)
         elif self.config.image_pool == "conv":
-            x = (x - self.image_mean[:, None, None]) / self.image_std[:, None, None]  # (B, C, h, w)
-            x = self.image_pooler(x)  # (B, W)
+            x = self.image_pooler.pool(self.image_cells(x))  # (B, W)
         else:
             x = (x - self.image_mean) / self.image_std  # (B, 1280)
         return nn.functional.normalize(self.image_proj(x), dim=-1)  # (B, D)
+
+    def image_cells(self, features: torch.Tensor) -> torch.Tensor:
+        """Conv-head retrievers (``image_pool="conv"``): feature maps ``(B, C, h, w)`` -> the head's grid
+        ``(B, W/2, h', w')``, standardised and through both convolutions (what its pools read)."""
+        if self.config.image_pool != "conv":
+            raise ValueError(f"{self.name}: image_cells needs image_pool='conv', not {self.config.image_pool!r}")
+        x = features.to(self.image_mean.device).float()
+        return self.image_pooler.cells((x - self.image_mean[:, None, None]) / self.image_std[:, None, None])
 
     def embed_text_features(self, features: torch.Tensor) -> torch.Tensor:
         """Text features -> unit-norm embeddings ``(B, D)`` (differentiable).
@@ -774,9 +788,7 @@ class LiTImageTower(ImageEncoder):
         if kind != "spatial":
             raise ValueError(f"kind must be 'pooled', 'spatial' or 'level:<k>', got {kind!r}")
         self._need_conv()
-        x = lit.image_features(pixel_values).float()  # (B, C, H, W) at image_level
-        x = (x - lit.image_mean[:, None, None]) / lit.image_std[:, None, None]
-        return lit.image_pooler.convs(x)  # (B, W/2, h', w')
+        return lit.image_cells(lit.image_features(pixel_values))  # (B, W/2, h', w')
 
 
 def load_lit_retriever(rest: str = "lit", *, device: str = "cpu") -> LiTRetriever:

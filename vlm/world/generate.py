@@ -25,7 +25,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlm.world.language import CAPTION_LEVELS, dense_caption, fine_grained_captions, human_captions, questions
+from vlm.world.language import (CAPTION_LEVELS, DEFAULT_CAPTION_LEVELS, dense_caption, fine_grained_captions,
+                                human_captions, questions)
 from vlm.world.render import render
 from vlm.world.scene import (BACKGROUNDS, COLORS, FINE_CLASSES, GENDERS, MAX_COUNT, SHAPES, SIZES, Scene,
                              Thing, fits, place)
@@ -88,7 +89,7 @@ class WorldConfig:
     """Probability that a scene contains a group of people (man/woman, small ones are boy/girl)."""
     n_captions: int = 5
     """Human-like captions per image (a dense caption is stored besides)."""
-    caption_levels: tuple[str, ...] = ("terse", "terse", "medium", "medium", "detailed")
+    caption_levels: tuple[str, ...] = DEFAULT_CAPTION_LEVELS
     """Detail level of each annotator's caption ("terse", "medium" or "detailed"), cycled over ``n_captions``."""
     n_questions: int = 0
     """Question/answer pairs per image (field ``qa``)."""
@@ -109,8 +110,7 @@ class WorldConfig:
             raise ValueError(f"WorldConfig.image_size must be >= 16, got {self.image_size}")
         if abs(sum(f for _, f in self.splits) - 1.0) > 1e-6:
             raise ValueError(f"WorldConfig.splits fractions must sum to 1, got {self.splits}")
-        bad = [lv for lv in self.caption_levels if lv not in CAPTION_LEVELS]
-        if bad or not self.caption_levels:
+        if not self.caption_levels or not set(self.caption_levels) <= set(CAPTION_LEVELS):
             raise ValueError(f"WorldConfig.caption_levels must be a non-empty tuple of {CAPTION_LEVELS}, got "
                              f"{self.caption_levels}")
         for b in self.bag_sizes:

@@ -138,6 +138,8 @@ _OPENERS = ["", "", "", "a picture of ", "an image of ", "there is ", "this is "
 
 
 CAPTION_LEVELS = ("terse", "medium", "detailed")
+#: The annotators of the default presets: two terse, two medium, one exhaustive caption per image.
+DEFAULT_CAPTION_LEVELS = ("terse", "terse", "medium", "medium", "detailed")
 
 
 def human_caption(scene: Scene, rng: random.Random, detail: str) -> str:
@@ -174,9 +176,8 @@ def human_caption(scene: Scene, rng: random.Random, detail: str) -> str:
 
 
 def human_captions(scene: Scene, rng: random.Random, n: int = 5,
-                   levels: Sequence[str] = ("terse", "terse", "medium", "medium", "detailed")) -> list[str]:
-    """``n`` varied captions, distinct where the scene allows it; caption ``k`` has detail ``levels[k % len]``
-    (the default: two terse, two medium, one exhaustive)."""
+                   levels: Sequence[str] = DEFAULT_CAPTION_LEVELS) -> list[str]:
+    """``n`` varied captions, distinct where the scene allows it; caption ``k`` has detail ``levels[k % len]``."""
     out: list[str] = []
     for k in range(n):
         level = levels[k % len(levels)]
