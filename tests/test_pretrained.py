@@ -223,6 +223,14 @@ def test_text_encoder_from_local_hf_folder_mean_pools(tmp_path):
     assert enc.pooling == "mean" and got.shape == (2, 8)
     torch.testing.assert_close(got[0], expected)
 
+    # A half-precision copy of the same folder loads in float32 (transformers 5 would keep fp16 by default).
+    half = tmp_path / "fp16"
+    model.half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tmp_path).save_pretrained(half)
+    enc16 = pretrained.load_text_encoder(str(half))
+    assert next(enc16.parameters()).dtype == torch.float32
+    torch.testing.assert_close(enc16.encode(["a red cube"], normalize=False)[0], expected, atol=2e-3, rtol=2e-3)
+
 
 # ---------------------------------------------------------------------------------------------- CLIP tokens
 

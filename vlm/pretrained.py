@@ -1013,7 +1013,9 @@ def _text_encoder_from_folder(folder: Path, name: str, max_seq_length: int | Non
                     st_config = json.loads((sub / cfg_name).read_text())
         elif kind == "Pooling":
             pooling = _pooling_mode(sub / "config.json")
-    model = AutoModel.from_pretrained(model_dir)
+    # float32 whatever the checkpoint's dtype: transformers 5 keeps a fp16 checkpoint in fp16 (dtype 'auto'),
+    # which CPUs run slowly or not at all and which would make embeddings depend on how a folder was saved.
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if max_seq_length is None:
         max_seq_length = st_config.get("max_seq_length") or min(
