@@ -49,7 +49,8 @@ from vlm.data.io import (
     record_to_json,
     write_imagefolder,
 )
-from vlm.data.records import CaptionDataset, DatasetFormatError, Record, check_file_name, resolve_inside
+from vlm.data.records import (CaptionDataset, DatasetFormatError, Record, check_file_name, complete_bags,
+                               resolve_inside)
 
 __all__ = [
     "CaptionDataset",
@@ -64,6 +65,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_file_name",
+    "complete_bags",
     "check_image_file",
     "file_identity",
     "guard_run_settings",

@@ -191,6 +191,30 @@ class Record:
                 )
 
 
+def complete_bags(records: Iterable[Record]) -> list[list[int]]:
+    """Positions of each complete near-duplicate bag among ``records`` (a dataset or any list of records).
+
+    A bag is the records sharing a ``bag`` field's ``id`` (the truematch world writes ``{"id", "size",
+    "index"}``); it counts when all ``size`` of its members are there (a split or a filter can cut one) and
+    ``size >= 2``. Bags come in order of their id, members in order of their ``index`` in the bag. Records
+    without a ``bag`` object are ignored; :func:`benchmarks.truematch.load_world_bags` is the strict reader
+    that refuses malformed bags.
+
+    Example:
+        >>> rs = [Record(f"{k}.png", ["x"], extra={"bag": {"id": b, "size": 2, "index": j}})
+        ...       for k, (b, j) in enumerate([("b1", 1), ("b0", 0), ("b1", 0), ("b2", 0)])]
+        >>> complete_bags(rs)  # b0 and b2 lack a member
+        [[2, 0]]
+    """
+    members: dict[str, list[tuple[int, int, int]]] = {}  # bag id -> (index in bag, size, position)
+    for pos, r in enumerate(records):
+        bag = r.extra.get("bag")
+        if isinstance(bag, dict) and "id" in bag:
+            members.setdefault(str(bag["id"]), []).append((int(bag.get("index", 0)), int(bag.get("size", 0)), pos))
+    return [[pos for _, _, pos in sorted(m)] for _, m in sorted(members.items())
+            if len(m) == m[0][1] >= 2]
+
+
 def _check_label(label: Any) -> int | str | None:
     if label is None or (isinstance(label, str) and label):
         return label

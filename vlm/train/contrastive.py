@@ -212,16 +212,15 @@ def _pairs(datasets: list[CaptionDataset], splits: tuple[str, ...]) -> _Pairs:
 
 
 def _bag_groups(pairs: _Pairs) -> list[torch.Tensor]:
-    """Row indices of each complete near-duplicate bag among the training pairs."""
-    groups: dict[tuple, list[int]] = {}
-    sizes: dict[tuple, int] = {}
-    for row, (d, i) in enumerate(pairs.rows):
-        bag = pairs.datasets[d][i].extra.get("bag")
-        if isinstance(bag, dict) and "id" in bag:
-            key = (d, str(bag["id"]))
-            groups.setdefault(key, []).append(row)
-            sizes[key] = int(bag.get("size", 0))
-    return [torch.tensor(rows) for key, rows in sorted(groups.items()) if len(rows) == sizes[key] >= 2]
+    """Row indices of each complete near-duplicate bag among the training pairs (:func:`vlm.data.complete_bags`
+    per dataset: a split that cuts a bag drops it)."""
+    from vlm.data import complete_bags
+
+    out = []
+    for d, ds in enumerate(pairs.datasets):
+        rows = [row for row, (dd, _) in enumerate(pairs.rows) if dd == d]
+        out += [torch.tensor([rows[k] for k in bag]) for bag in complete_bags([ds[pairs.rows[r][1]] for r in rows])]
+    return out
 
 
 def _draw_batch(n: int, batch: int, bags: list[torch.Tensor], fraction: float, gen: torch.Generator) -> torch.Tensor:

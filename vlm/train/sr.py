@@ -120,13 +120,11 @@ def _retriever_image_embeddings(retriever, ds, *, progress: bool) -> torch.Tenso
 
 
 def world_bags_of(ds) -> list[list[int]]:
-    """Dataset-index lists of the world's bags (records with a ``bag`` field), complete bags only."""
-    bags: dict[str, list[tuple[int, int, int]]] = {}
-    for i, r in enumerate(ds):
-        b = r.extra.get("bag")
-        if isinstance(b, dict) and "id" in b:
-            bags.setdefault(str(b["id"]), []).append((int(b.get("index", 0)), int(b.get("size", 0)), i))
-    return [[i for _, _, i in sorted(m)] for m in bags.values() if len(m) == m[0][1]]
+    """Dataset-index lists of the world's bags (records with a ``bag`` field), complete bags only
+    (:func:`vlm.data.complete_bags`)."""
+    from vlm.data import complete_bags
+
+    return complete_bags(ds)
 
 
 def bag_recall(text_emb: torch.Tensor, image_emb: torch.Tensor, bags: list[list[int]]) -> dict[str, float]:
