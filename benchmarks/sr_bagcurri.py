@@ -113,7 +113,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         timings["mle_s"] = round(time.perf_counter() - t, 1)
     sr_world = out / "sr-world"
     if not (sr_world / "metadata.jsonl").is_file():
-        generate_world(sr_world, n=base.world_n, seed=base.world_seed, preset="truematch", progress=progress)
+        generate_world(sr_world, n=base.world_n, seed=base.world_seed, preset=base.world_preset, progress=progress)
     eval_world = out / "truematch-eval"
     if not (eval_world / "metadata.jsonl").is_file():
         generate_world(eval_world, n=eval_world_n, seed=base.world_seed + 100, preset="truematch",

@@ -295,3 +295,30 @@ def test_caption_levels_set_each_annotators_detail():
     assert len(terse) == 60 and sum(terse) / 60 < mean_facts("captioning", 4) / 2
     with pytest.raises(ValueError, match="caption_levels"):
         resolve_config("captioning", caption_levels=("exhaustive",))
+
+
+def test_brief_annotators_leave_each_detail_unsaid_more_often_than_not():
+    from vlm.world.facts import caption_facts
+
+    items = list(iter_world(resolve_config("captioning-brief"), 300, seed=2))
+    assert all(len(it.captions) == 5 for it in items)
+    rates = {}
+    for k in range(5):
+        facts = [caption_facts(it.captions[k]) for it in items]
+        n = len(items)
+        rates[k] = {"size": sum(any(f[0] == "size" for f in fs) for fs in facts) / n,
+                    "relation": sum(any(f[0] == "relation" for f in fs) for fs in facts) / n,
+                    "color": sum(any(f[0] == "color" for f in fs) for fs in facts) / n,
+                    "background": sum(any(f[0] == "background" for f in fs) for fs in facts) / n,
+                    "two_things": sum(len({f[1] for f in fs if f[0] == "thing"}) >= 2 for fs in facts) / n}
+    for k in range(4):  # brief: never a size or a relation; colour, setting and a second thing now and then
+        assert rates[k]["size"] == 0 and rates[k]["relation"] == 0
+        assert 0.15 < rates[k]["color"] < 0.45 and 0.15 < rates[k]["background"] < 0.45
+        assert 0.1 < rates[k]["two_things"] < 0.45
+    assert rates[4]["color"] > 0.75 and rates[4]["two_things"] > 2 * rates[0]["two_things"]  # the fifth is medium
+    # over all five annotators each detail is still stated in under half the captions
+    for key in ("color", "background", "two_things"):
+        assert sum(rates[k][key] for k in range(5)) / 5 < 0.5
+    tm = list(iter_world(resolve_config("truematch-brief"), 30, seed=2))
+    assert {it.extra["bag"]["size"] for it in tm} <= {3, 5, 7}
+    assert all(not any(f[0] == "size" for f in caption_facts(it.captions[0])) for it in tm)

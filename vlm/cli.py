@@ -1,7 +1,7 @@
 """``python -m vlm``: the core package's command line.
 
 Subcommands:
-  world        write a built-in world dataset (``--preset``: captioning, tida-biased, truematch, vqa, finegrained)
+  world        write a built-in world dataset (``--preset``: one of ``vlm.world.PRESETS``)
   pretrained   list or check the pretrained components (``list`` / ``check``)
   train        MLE training of a captioner (``--config vlm/configs/mle-world-small.yaml``)
   caption      caption a dataset split with a trained model and score it (``--model DIR --data DIR``)
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
     w.add_argument("--seed", type=int, default=0, help="world seed; same seed, byte-identical output")
     w.add_argument("--preset", default="captioning",
-                   help="captioning | tida-biased | truematch | vqa | finegrained (default captioning)")
+                   help="captioning | captioning-generic | captioning-brief | tida-biased | truematch | "
+                        "truematch-brief | vqa | finegrained (default captioning)")
     w.add_argument("--size", type=int, default=None, help="image side in pixels (default 224)")
     w.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     w.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -25,8 +25,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlm.world.language import (CAPTION_LEVELS, DEFAULT_CAPTION_LEVELS, dense_caption, fine_grained_captions,
-                                human_captions, questions)
+from vlm.world.language import (BRIEF_CAPTION_LEVELS, CAPTION_LEVELS, DEFAULT_CAPTION_LEVELS, dense_caption,
+                                fine_grained_captions, human_captions, questions)
 from vlm.world.render import render
 from vlm.world.scene import (BACKGROUNDS, COLORS, FINE_CLASSES, GENDERS, MAX_COUNT, SHAPES, SIZES, Scene,
                              Thing, fits, place)
@@ -90,7 +90,8 @@ class WorldConfig:
     n_captions: int = 5
     """Human-like captions per image (a dense caption is stored besides)."""
     caption_levels: tuple[str, ...] = DEFAULT_CAPTION_LEVELS
-    """Detail level of each annotator's caption ("terse", "medium" or "detailed"), cycled over ``n_captions``."""
+    """Detail level of each annotator's caption ("brief", "terse", "medium" or "detailed"), cycled over
+    ``n_captions``."""
     n_questions: int = 0
     """Question/answer pairs per image (field ``qa``)."""
     bag_sizes: tuple[int, ...] = ()
@@ -127,8 +128,14 @@ PRESETS: dict[str, WorldConfig] = {
     # the generic MLE targets that self-retrieval fine-tuning starts from (METHODS.md section 2).
     "captioning-generic": WorldConfig(preset="captioning-generic",
                                       caption_levels=("terse", "terse", "medium", "medium", "medium")),
+    # Four brief annotators and one medium: the likeliest caption names the salient thing and little else (as
+    # COCO's do), so what separates near-duplicates is mostly left unsaid; the SR issue's starting point.
+    "captioning-brief": WorldConfig(preset="captioning-brief", caption_levels=BRIEF_CAPTION_LEVELS),
     "truematch": WorldConfig(preset="truematch", min_groups=2, max_groups=3, p_person=0.4,
                              bag_sizes=(3, 5, 7)),
+    # The truematch scenes with the brief annotators' captions: the SR training world of a brief captioner.
+    "truematch-brief": WorldConfig(preset="truematch-brief", min_groups=2, max_groups=3, p_person=0.4,
+                                   bag_sizes=(3, 5, 7), caption_levels=BRIEF_CAPTION_LEVELS),
     "vqa": WorldConfig(preset="vqa", min_groups=2, max_groups=4, max_things=8, p_person=0.25, n_questions=4),
     "finegrained": WorldConfig(preset="finegrained", fine_grained=True, n_captions=5),
 }

@@ -137,15 +137,29 @@ def dense_caption(scene: Scene, *, max_relations: int = 2) -> str:
 _OPENERS = ["", "", "", "a picture of ", "an image of ", "there is ", "this is ", "a photo of "]
 
 
-CAPTION_LEVELS = ("terse", "medium", "detailed")
+CAPTION_LEVELS = ("brief", "terse", "medium", "detailed")
 #: The annotators of the default presets: two terse, two medium, one exhaustive caption per image.
 DEFAULT_CAPTION_LEVELS = ("terse", "terse", "medium", "medium", "detailed")
+#: COCO-like annotators (the ``*-brief`` presets): four brief captions and one medium one per image.
+BRIEF_CAPTION_LEVELS = ("brief", "brief", "brief", "brief", "medium")
 
 
 def human_caption(scene: Scene, rng: random.Random, detail: str) -> str:
-    """One human-like caption at a detail level: "terse", "medium" or "detailed"."""
+    """One human-like caption at a detail level: "brief", "terse", "medium" or "detailed".
+
+    ``brief`` is the COCO-like annotator: the salient thing, now and then a second one, its colour, an exact
+    count or the setting, each by an independent choice made less often than not, never a size or a relation.
+    Such captions are generic in the way that matters for self-retrieval: the likeliest caption of an image
+    (what beam search writes) is the bare one, while samples state each detail some of the time.
+    """
     gs = sorted(groups(scene), key=lambda g: _salience(g[0]))
-    if detail == "terse":
+    if detail == "brief":
+        keep = gs[: 1 if rng.random() < 0.7 else 2]
+        parts = [noun_phrase(t, c, color=rng.random() < 0.3, size=False, exact=rng.random() < 0.5, rng=rng)
+                 for t, c in keep]
+        with_bg = rng.random() < 0.3
+        rels = []
+    elif detail == "terse":
         keep = gs[: rng.choice([1, 1, 2])]
         parts = [noun_phrase(t, c, color=rng.random() < 0.5, size=False, exact=rng.random() < 0.4, rng=rng)
                  for t, c in keep]
@@ -162,7 +176,7 @@ def human_caption(scene: Scene, rng: random.Random, detail: str) -> str:
         with_bg = rng.random() < 0.85
         rels = _single_relations(scene, 1, rng)
     else:
-        raise ValueError(f"detail must be 'terse', 'medium' or 'detailed', got {detail!r}")
+        raise ValueError(f"detail must be one of {CAPTION_LEVELS}, got {detail!r}")
     opener = rng.choice(_OPENERS)
     if opener in ("there is ", "this is ") and not parts[0].startswith(("a ", "an ")):
         opener = {"there is ": "there are ", "this is ": "these are "}[opener]
