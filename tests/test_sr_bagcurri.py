@@ -45,7 +45,7 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
     try:
         common = dict(method="sr", world_n=24, batch_size=4, n_samples=2, max_new_tokens=6, eval_every=0,
                       checkpoint_every=2, eval_num_beams=1, eval_max_new_tokens=6, retriever="palette:x",
-                      neighbours=6)
+                      neighbours=6, world_preset="truematch-brief")
         cfgs = {"sr-random": {**common, "curriculum": [{"source": "random", "steps": 3}]},
                 "sr-bagcurri": {**common, "curriculum": [{"source": "random", "steps": 1},
                                                          {"source": "hard", "bag_size": 3, "steps": 1},
@@ -69,6 +69,9 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         trained = json.loads((tmp_path / "out" / "sr-bagcurri-s0" / "final" / "training_config.json").read_text())
         assert trained["kl_coef"] == 0.1 and trained["seed"] == 0 and trained["retriever"] == "palette:x"
         assert set(result["timings"]) == {"mle_s", "sr-random-s0_s", "sr-bagcurri-s0_s"}
+        # the SR world is written with the SR configs' preset; the held-out world is always plain truematch
+        assert json.loads((tmp_path / "out" / "sr-world" / "world.json").read_text())["preset"] == "truematch-brief"
+        assert json.loads((tmp_path / "out" / "truematch-eval" / "world.json").read_text())["preset"] == "truematch"
         again = run(tmp_path / "out", [0], **kw)  # every stage reused: nothing trained, the same scores
         assert again["timings"] == {} and again["table"] == result["table"]
         with pytest.raises(ValueError, match="other settings"):
