@@ -49,6 +49,8 @@ def _pretrained(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vlm.world import PRESETS  # light (pure Python + Pillow), so --help lists the presets as they are
+
     p = argparse.ArgumentParser(prog="python -m vlm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -59,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
     w.add_argument("--seed", type=int, default=0, help="world seed; same seed, byte-identical output")
     w.add_argument("--preset", default="captioning",
-                   help="captioning | captioning-generic | captioning-brief | tida-biased | truematch | "
-                        "truematch-brief | vqa | finegrained (default captioning)")
+                   help=" | ".join(PRESETS) + " (default captioning)")
     w.add_argument("--size", type=int, default=None, help="image side in pixels (default 224)")
     w.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     w.add_argument("--quiet", action="store_true", help="no progress bar")

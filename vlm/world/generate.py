@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from vlm.world.language import (BRIEF_CAPTION_LEVELS, CAPTION_LEVELS, DEFAULT_CAPTION_LEVELS, dense_caption,
@@ -133,12 +133,12 @@ PRESETS: dict[str, WorldConfig] = {
     "captioning-brief": WorldConfig(preset="captioning-brief", caption_levels=BRIEF_CAPTION_LEVELS),
     "truematch": WorldConfig(preset="truematch", min_groups=2, max_groups=3, p_person=0.4,
                              bag_sizes=(3, 5, 7)),
-    # The truematch scenes with the brief annotators' captions: the SR training world of a brief captioner.
-    "truematch-brief": WorldConfig(preset="truematch-brief", min_groups=2, max_groups=3, p_person=0.4,
-                                   bag_sizes=(3, 5, 7), caption_levels=BRIEF_CAPTION_LEVELS),
     "vqa": WorldConfig(preset="vqa", min_groups=2, max_groups=4, max_things=8, p_person=0.25, n_questions=4),
     "finegrained": WorldConfig(preset="finegrained", fine_grained=True, n_captions=5),
 }
+# The truematch scenes with the brief annotators' captions: the SR training world of a brief captioner.
+PRESETS["truematch-brief"] = replace(PRESETS["truematch"], preset="truematch-brief",
+                                     caption_levels=BRIEF_CAPTION_LEVELS)
 
 
 def _count(rng: random.Random) -> int:
