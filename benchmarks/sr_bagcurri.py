@@ -12,8 +12,9 @@
    the MLE world's test split, CIDEr-D against the references, the hallucination rate against the scene
    graphs, caption length and vocabulary size.
 
-The table (mean and spread over seeds) and the acceptance checks are written to ``OUT/sr_bagcurri.md`` and
-``.json``; the run is seeded end to end.
+The table (mean and spread over seeds), R@1 per kind of edit between bag members (which details each model's
+captions tell apart) and the acceptance checks are written to ``OUT/sr_bagcurri.md`` and ``.json``; the run is
+seeded end to end.
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
     model = create_captioner(str(model_dir))
     tm = evaluate_truematch(load_world_bags(truematch_world), retriever, captioner=_ProtocolDecoding(model),
                             progress=progress)
-    out = {k: round(v, 4) for k, v in tm.metrics.items() if k.startswith("R@1/bag") and v is not None}
+    out: dict[str, Any] = {k: round(v, 4) for k, v in tm.metrics.items() if k.startswith("R@1/bag") and v is not None}
     test = read_imagefolder(caption_world, check_images=False).filter_split("test")
     preds = caption_records(model, test, num_beams=5, max_new_tokens=20, progress=progress, stop_at_period=True)
     scores = score_predictions(preds, test)
     out.update({k: scores[k] for k in ("CIDEr", "Bleu_4", "facts_per_caption", "hallucination_rate",
                                        "mean_length_words", "vocabulary")})
+    out["by_edit"] = {k: round(v["R@1"], 4) for k, v in tm.by_edit().items()}
     return out
 
 
@@ -138,9 +140,10 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     for variant, dirs in runs.items():
         scores[variant] = [evaluate_captioner(p, truematch_world=eval_world, caption_world=caption_world,
                                               retriever=retriever, progress=progress) for p in dirs]
-    table = {}
+    table, by_edit = {}, {}
     for name, rows in scores.items():
-        table[name] = {k: _mean_std([r[k] for r in rows]) for k in rows[0]}
+        table[name] = {k: _mean_std([r[k] for r in rows]) for k in rows[0] if k != "by_edit"}
+        by_edit[name] = {k: _mean_std([r["by_edit"][k] for r in rows]) for k in rows[0]["by_edit"]}
     r5 = {k: table[k]["R@1/bag5"][0] for k in table}
     checks = {
         "bagcurri_vs_mle_R@1_bag5_points": round(100 * (r5["sr-bagcurri"] - r5["mle"]), 2),
@@ -161,6 +164,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     result = {"seeds": seeds, "mle_config": str(mle_config), "model": model or mle_cfg.model,
               "retriever": retriever_spec, "mle_set": mle_set, "sr_set": sr_set, "eval_world_n": eval_world_n,
               "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in table.items()},
+              "by_edit": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in by_edit.items()},
               "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall}
     (out / "sr_bagcurri.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "sr_bagcurri.md").write_text(markdown_table(result) + "\n")
@@ -181,7 +185,16 @@ def markdown_table(result: dict) -> str:
             cells.append(f"{100 * m:.1f} ± {100 * s:.1f}" if pct else f"{m:.3f} ± {s:.3f}" if c == "CIDEr"
                          else f"{m:.1f} ± {s:.1f}")
         rows.append(f"| {names.get(k, k)} | " + " | ".join(cells) + " |")
-    return head + "\n".join(rows) + f"\n\nseeds {result['seeds']}; wall time {result['wall_time_s']:.0f} s"
+    text = head + "\n".join(rows) + f"\n\nseeds {result['seeds']}; wall time {result['wall_time_s']:.0f} s"
+    by_edit = result.get("by_edit") or {}
+    if by_edit.get("mle"):  # single edits only, in the MLE's order (most members first)
+        kinds = [k for k in by_edit["mle"] if "+" not in k]
+        text += ("\n\nR@1 (%) by the edit that made a bag member from its bag's first image (\"none\": the first "
+                 "image), bags of every size:\n\n| model | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds))
+        for k, v in by_edit.items():
+            text += f"\n| {names.get(k, k)} | " + " | ".join(f"{100 * v[c][0]:.1f}" if c in v else "-"
+                                                           for c in kinds) + " |"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

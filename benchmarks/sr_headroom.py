@@ -20,6 +20,11 @@ under the same retriever) and against the scene graphs (facts per caption, hallu
 If even ``bag`` stays near ``beam``, SR has nothing to find; a gap is the room SR could take, provided the
 policy can learn from its training images which sample to prefer (only training measures that). A rise
 in hallucination under ``rd``/``nn`` warns that the reward favours what the judge sees over what is there.
+
+A second table, the captioner's *sight* (:func:`captioner_sight`, for captioners with ``token_log_probs``), asks
+what the captioner could say right if it said everything: R@1 when its own likelihoods choose among the bag's
+exact captions (the scene graphs in words). A caption can name the detail that separates near-duplicates only as
+often as the captioner tells them apart; SR cannot go past that.
 """
 
 from __future__ import annotations
@@ -109,6 +114,72 @@ def sr_headroom(captioner: Any, data: Any, retriever: Any, *, n: int = 16, tempe
     return result
 
 
+@torch.no_grad()
+def captioner_sight(captioner: Any, data: Any, *, field: str = "dense_caption", batch_size: int = 64,
+                    tie_tol: float = 1e-6, progress: bool = False) -> dict[str, dict[str, float]]:
+    """What the captioner can tell apart, whatever it chooses to say: its own likelihoods of the bag's exact captions.
+
+    For every bag of a world, each member's exact caption (``record.extra[field]``, the scene graph in words) is
+    scored under the captioner given each member's image (summed token log-probabilities, end of text included).
+    Two R@1 per bag size, ties (within ``tie_tol``) counted as misses as in TrueMatch:
+
+    - ``image_to_caption``: for each image, is its own exact caption the likeliest of the bag's? What the
+      captioner would say if it had to say everything, priors included: SR can only make a caption name a
+      detail right as often as this;
+    - ``caption_to_image``: for each exact caption, is its own image the one that makes it likeliest? The
+      captioner used as a generative retriever: the text prior cancels, only how the image moves the caption
+      counts.
+
+    If these stay near the beam captions' TrueMatch R@1, the details that separate the bag are beyond the
+    captioner's sight, and no reward will make it state them. ``captioner`` needs ``token_log_probs(texts,
+    images=...)`` (``PrefixCaptioner`` and ``HFCaptioner`` have it); ``data``: a world's
+    :class:`benchmarks.truematch.TrueMatchData`.
+    """
+    from tqdm import tqdm
+
+    if not callable(getattr(captioner, "token_log_probs", None)):
+        raise TypeError(f"captioner_sight needs a captioner with token_log_probs(texts, images=...); "
+                        f"{type(captioner).__name__} has none")
+    if data.records is None or not all(field in r.extra for r in data.records):
+        raise ValueError(f"captioner_sight needs each record's exact caption in extra[{field!r}] "
+                         "(a built-in world: load_world_bags(folder))")
+    import inspect
+
+    by_features = (callable(getattr(captioner, "image_features", None))
+                   and callable(getattr(captioner, "preprocess", None))
+                   and "features" in inspect.signature(captioner.token_log_probs).parameters)
+    out: dict[str, dict[str, float]] = {"image_to_caption": {}, "caption_to_image": {}}
+    total = sum(len(b) for b in data.bags.values())
+    bar = tqdm(total=total, desc="captioner sight", disable=not progress)
+    for size, bags in sorted(data.bags.items()):
+        hits_ic, hits_ci = [], []
+        for bag in bags:
+            images = [data.image(i) for i in bag]
+            caps = [data.records[i].extra[field] for i in bag]
+            k = len(bag)
+            scores = []  # rows of (image a, caption b) pairs, a-major
+            pairs = [(a, b) for a in range(k) for b in range(k)]
+            feats = captioner.image_features(captioner.preprocess(images)) if by_features else None
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start:start + batch_size]
+                texts = [caps[b] for _, b in chunk]
+                if feats is not None:
+                    lp, mask = captioner.token_log_probs(texts, features=feats[[a for a, _ in chunk]])
+                else:
+                    lp, mask = captioner.token_log_probs(texts, images=[images[a] for a, _ in chunk])
+                scores.append((lp.float() * mask).sum(1).cpu())
+            S = torch.cat(scores).double().view(k, k)  # S[a, b] = log p(caption b | image a)
+            for i in range(k):
+                others = [j for j in range(k) if j != i]
+                hits_ic.append(bool(S[i, i] > S[i, others].max() + tie_tol))
+                hits_ci.append(bool(S[i, i] > S[others, i].max() + tie_tol))
+            bar.update(1)
+        out["image_to_caption"][f"R@1/bag{size}"] = round(sum(hits_ic) / len(hits_ic), 4)
+        out["caption_to_image"][f"R@1/bag{size}"] = round(sum(hits_ci) / len(hits_ci), 4)
+    bar.close()
+    return out
+
+
 def markdown_table(result: dict) -> str:
     cols = [c for c in next(iter(result.values())) if c.startswith("R@1/bag")]
     cols += ["facts_per_caption", "hallucination_rate", "mean_length_words"]
@@ -117,6 +188,17 @@ def markdown_table(result: dict) -> str:
         cells = [f"{100 * row[c]:.1f}" if c.startswith("R@1") or c == "hallucination_rate" else f"{row[c]:.2f}"
                  for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sight_table(sight: dict) -> str:
+    """:func:`captioner_sight`'s result as Markdown: R@1 in % per bag size and direction."""
+    cols = list(next(iter(sight.values())))
+    lines = ["| the captioner's sight (its likelihoods of the bag's exact captions) | " + " | ".join(cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    names = {"image_to_caption": "image -> its exact caption", "caption_to_image": "exact caption -> its image"}
+    for k, row in sight.items():
+        lines.append(f"| {names.get(k, k)} | " + " | ".join(f"{100 * row[c]:.1f}" for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -142,15 +224,25 @@ def main(argv: list[str] | None = None) -> int:
 
     model = create_captioner(args.model)
     model.eval()
-    result = sr_headroom(model, load_world_bags(args.world), load_retriever(args.retriever), n=args.n,
+    data = load_world_bags(args.world)
+    result = sr_headroom(model, data, load_retriever(args.retriever), n=args.n,
                          temperature=args.temperature, k_random=args.k_random, k_nn=args.k_nn, seed=args.seed,
                          cache=EmbeddingCache(cache_dir() / "truematch_embeddings"), progress=not args.quiet)
+    sight = None
+    if callable(getattr(model, "token_log_probs", None)):
+        sight = captioner_sight(model, data, progress=not args.quiet)
     if args.out:
         from vlm.data import atomic_write_text
 
-        atomic_write_text(Path(args.out), json.dumps({"args": vars(args), "scores": result}, indent=2) + "\n")
+        atomic_write_text(Path(args.out), json.dumps({"args": vars(args), "scores": result, "sight": sight},
+                                                     indent=2) + "\n")
     print(markdown_table(result))
+    print()
+    if sight is None:
+        print(f"(no sight table: {type(model).__name__} has no token_log_probs)")
+    else:
+        print(sight_table(sight))
     return 0
 
 
-__all__ = ["markdown_table", "sr_headroom"]
+__all__ = ["captioner_sight", "markdown_table", "sight_table", "sr_headroom"]

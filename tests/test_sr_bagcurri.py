@@ -24,6 +24,12 @@ def test_table_rows_are_percent_for_recall_and_hallucination():
     assert lines[2] == ("| MLE | 70.0 ± 1.0 | 60.0 ± 2.0 | 50.0 ± 0.0 | 2.500 ± 0.100 | 30.0 ± 1.0 | 12.0 ± 0.5 "
                         "| 80.0 ± 2.0 |")
     assert lines[3].startswith("| SR + BagCurri |") and md.endswith("seeds [0, 1]; wall time 12 s")
+    by_edit = {"mle": {"none": [0.4, 0.0], "color": [0.5, 0.0], "color+count": [0.2, 0.0]},
+               "sr-bagcurri": {"none": [0.45, 0.01], "color": [0.625, 0.02], "color+count": [0.3, 0.0]}}
+    md = markdown_table({"seeds": [0, 1], "wall_time_s": 12.4, "table": {"mle": row}, "by_edit": by_edit})
+    tail = md.split("bags of every size:")[1].strip().splitlines()
+    assert tail == ["| model | none | color |", "|---|---|---|", "| MLE | 40.0 | 50.0 |",
+                    "| SR + BagCurri | 45.0 | 62.5 |"]
 
 
 def test_cli_lists_the_new_options(capsys):
@@ -66,6 +72,10 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         assert set(result["checks"]["pass"]) == {"R@1_bag5_+10_over_mle", "R@1_bag5_+3_over_random",
                                                  "hallucination_rise_<=2", "cider_drop_<=15%"}
         assert result["sr_set"] == {"kl_coef": 0.1, "mle_coef": 0.1} and result["eval_world_n"] == 21
+        # R@1 per edit kind on the held-out bags: every model scored on the same kinds, the first images included
+        assert "none" in result["by_edit"]["mle"] and len({tuple(v) for v in result["by_edit"].values()}) == 1
+        assert all(0 <= m <= 1 for v in result["by_edit"].values() for m, _ in v.values())
+        assert "| MLE | " in (tmp_path / "out" / "sr_bagcurri.md").read_text().split("bags of every size:")[1]
         trained = json.loads((tmp_path / "out" / "sr-bagcurri-s0" / "final" / "training_config.json").read_text())
         assert trained["kl_coef"] == 0.1 and trained["seed"] == 0 and trained["retriever"] == "palette:x"
         assert set(result["timings"]) == {"mle_s", "sr-random-s0_s", "sr-bagcurri-s0_s"}

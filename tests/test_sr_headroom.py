@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from benchmarks.sr_headroom import main, markdown_table, sr_headroom
+from benchmarks.sr_headroom import captioner_sight, main, markdown_table, sight_table, sr_headroom
 from benchmarks.truematch import load_world_bags
 from vlm.world import generate_world
 
@@ -79,6 +79,40 @@ def test_every_rule_keeps_the_image_own_dense_caption(world):
     assert md[-1].startswith("| bag | 100.0 |")
 
 
+class LikelihoodCaptioner:
+    """log p(text | image): 0 for the image's own dense caption, else -1 - (a per-text prior) or a constant."""
+
+    def __init__(self, index_of: dict[str, int], dense: list[str], *, sees: bool, prior: dict[str, float]):
+        self.index_of, self.dense, self.sees, self.prior = index_of, dense, sees, prior
+
+    def token_log_probs(self, texts, *, images=None):
+        rows = []
+        for t, im in zip(texts, images, strict=True):
+            own = self.dense[self.index_of[_key(im)]] == t
+            rows.append([0.0 if (self.sees and own) else -1.0 - self.prior[t], -0.5])  # 2 tokens, summed
+        return torch.tensor(rows), torch.ones(len(rows), 2, dtype=torch.bool)
+
+
+def test_captioner_sight_counts_what_the_likelihoods_tell_apart(world):
+    _, data, keys, dense = world
+    index_of = {k: i for i, k in enumerate(keys)}
+    prior = {t: 0.01 * i for i, t in enumerate(dict.fromkeys(dense))}  # distinct, so image_to_caption never ties
+    seeing = captioner_sight(LikelihoodCaptioner(index_of, dense, sees=True, prior=prior), data, batch_size=7)
+    assert seeing == {d: {f"R@1/bag{k}": 1.0 for k in sorted(data.bags)}
+                      for d in ("image_to_caption", "caption_to_image")}
+    blind = captioner_sight(LikelihoodCaptioner(index_of, dense, sees=False, prior=prior), data)
+    for k, bags in data.bags.items():
+        # The image is ignored: each caption scores the same under every image (ties: misses), and every image
+        # picks the caption with the smallest prior, which is its own in exactly one member per bag.
+        assert blind["caption_to_image"][f"R@1/bag{k}"] == 0.0
+        assert blind["image_to_caption"][f"R@1/bag{k}"] == pytest.approx(1 / k, abs=1e-4)
+    md = sight_table(seeing).splitlines()
+    assert md[0].endswith("| R@1/bag3 | R@1/bag5 | R@1/bag7 |")
+    assert md[2].startswith("| image -> its exact caption | 100.0")
+    with pytest.raises(TypeError, match="token_log_probs"):
+        captioner_sight(object(), data)
+
+
 def test_bad_inputs_are_refused_clearly(world):
     _, data, keys, dense = world
     judge, cap = CaptionJudge(dict(zip(keys, dense))), ScriptedCaptioner({k: i for i, k in enumerate(keys)}, dense)
@@ -116,3 +150,6 @@ def test_cli_scores_a_saved_captioner_and_writes_json(world, tmp_path, capsys):
     for row in scores.values():  # the real path: a saved captioner sampled, scored and written per rule
         assert all(0.0 <= row[f"R@1/bag{k}"] <= 1.0 for k in data.bags) and row["mean_length_words"] >= 0
     assert scores["beam"]["facts_per_caption"] >= 0 and "| bag |" in capsys.readouterr().out
+    sight = json.loads(out.read_text())["sight"]  # the tiny captioner's own likelihoods, real token_log_probs
+    assert set(sight) == {"image_to_caption", "caption_to_image"}
+    assert all(0.0 <= v <= 1.0 for row in sight.values() for v in row.values()) and len(sight["caption_to_image"]) == 3
