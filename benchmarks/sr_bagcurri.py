@@ -10,10 +10,10 @@
 3. Every model is scored with the TrueMatch protocol decoding (beam 5, at most 20 tokens, stop at the first
    '.'): TrueMatch R@1 per bag size on a held-out truematch world (another seed, never trained on), and on
    the MLE world's test split, CIDEr-D against the references, the hallucination rate against the scene
-   graphs, caption length and vocabulary size.
+   graphs (overall and per kind of fact: colours, counts, ...), caption length and vocabulary size.
 
 The table (mean and spread over seeds), R@1 per kind of edit between bag members (which details each model's
-captions tell apart) and the acceptance checks are written to ``OUT/sr_bagcurri.md`` and ``.json``; the run is
+captions tell apart), hallucination per kind of fact and the acceptance checks are written to ``OUT/sr_bagcurri.md`` and ``.json``; the run is
 seeded end to end.
 """
 
@@ -55,6 +55,15 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
     out.update({k: scores[k] for k in ("CIDEr", "Bleu_4", "facts_per_caption", "hallucination_rate",
                                        "mean_length_words", "vocabulary")})
     out["by_edit"] = {k: round(v["R@1"], 4) for k, v in tm.by_edit().items()}
+    if "hallucination_rate" in out:  # which kinds of fact the captions state, and get wrong
+        from vlm.world import Scene
+        from vlm.world.facts import fact_scores
+
+        by_id = {str(r.id if r.id is not None else i): r for i, r in enumerate(test)}
+        kinds = fact_scores(preds, {k: Scene.from_dict(by_id[k].extra["scene"]) for k in preds},
+                            by_kind=True)["by_kind"]
+        out["facts_by_kind"] = {k: v["per_caption"] for k, v in kinds.items()}
+        out["hallucination_by_kind"] = {k: v["hallucination_rate"] for k, v in kinds.items()}
     return out
 
 
@@ -140,10 +149,16 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     for variant, dirs in runs.items():
         scores[variant] = [evaluate_captioner(p, truematch_world=eval_world, caption_world=caption_world,
                                               retriever=retriever, progress=progress) for p in dirs]
-    table, by_edit = {}, {}
+    table, by_edit, by_fact = {}, {}, {}
     for name, rows in scores.items():
-        table[name] = {k: _mean_std([r[k] for r in rows]) for k in rows[0] if k != "by_edit"}
+        table[name] = {k: _mean_std([r[k] for r in rows]) for k in rows[0] if not isinstance(rows[0][k], dict)}
         by_edit[name] = {k: _mean_std([r["by_edit"][k] for r in rows]) for k in rows[0]["by_edit"]}
+        if all("hallucination_by_kind" in r for r in rows):  # a kind no caption of a seed states: left out there
+            kinds = dict.fromkeys(k for r in rows for k in r["hallucination_by_kind"])
+            by_fact[name] = {k: {"hallucination_rate": _mean_std([r["hallucination_by_kind"][k] for r in rows
+                                                                  if k in r["hallucination_by_kind"]]),
+                                 "per_caption": _mean_std([r["facts_by_kind"].get(k, 0.0) for r in rows])}
+                             for k in kinds}
     r5 = {k: table[k]["R@1/bag5"][0] for k in table}
     checks = {
         "bagcurri_vs_mle_R@1_bag5_points": round(100 * (r5["sr-bagcurri"] - r5["mle"]), 2),
@@ -165,6 +180,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
               "retriever": retriever_spec, "mle_set": mle_set, "sr_set": sr_set, "eval_world_n": eval_world_n,
               "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in table.items()},
               "by_edit": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in by_edit.items()},
+              "facts_by_kind": {k: {kind: {m: [round(a, 4), round(b, 4)] for m, (a, b) in d.items()}
+                                    for kind, d in v.items()} for k, v in by_fact.items()},
               "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall}
     (out / "sr_bagcurri.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "sr_bagcurri.md").write_text(markdown_table(result) + "\n")
@@ -194,6 +211,18 @@ def markdown_table(result: dict) -> str:
         for k, v in by_edit.items():
             text += f"\n| {names.get(k, k)} | " + " | ".join(f"{100 * v[c][0]:.1f}" if c in v else "-"
                                                            for c in kinds) + " |"
+    facts = result.get("facts_by_kind") or {}
+    if facts:
+        from vlm.world.facts import FACT_KINDS
+
+        kinds = [k for k in FACT_KINDS if any(k in v for v in facts.values())]
+        text += ("\n\nHallucination by kind of fact on the MLE test split: % of the stated facts of that kind that "
+                 "are wrong (facts of that kind per caption):\n\n| model | " + " | ".join(kinds) + " |\n|---|"
+                 + "---|" * len(kinds))
+        for k, v in facts.items():
+            text += f"\n| {names.get(k, k)} | " + " | ".join(
+                f"{100 * v[c]['hallucination_rate'][0]:.1f} ({v[c]['per_caption'][0]:.2f})" if c in v else "-"
+                for c in kinds) + " |"
     return text
 
 

@@ -28,6 +28,13 @@ def test_table_rows_are_percent_for_recall_and_hallucination():
                "sr-bagcurri": {"none": [0.45, 0.01], "color": [0.625, 0.02], "color+count": [0.3, 0.0]}}
     md = markdown_table({"seeds": [0, 1], "wall_time_s": 12.4, "table": {"mle": row}, "by_edit": by_edit})
     tail = md.split("bags of every size:")[1].strip().splitlines()
+    facts = {"mle": {"count": {"hallucination_rate": [0.3, 0.0], "per_caption": [1.25, 0.0]}},
+             "sr-bagcurri": {"color": {"hallucination_rate": [0.2, 0.0], "per_caption": [1.5, 0.1]},
+                             "count": {"hallucination_rate": [0.45, 0.02], "per_caption": [1.6, 0.0]}}}
+    md2 = markdown_table({"seeds": [0], "wall_time_s": 1.0, "table": {"mle": row}, "facts_by_kind": facts})
+    assert md2.split("per caption):")[1].strip().splitlines() == [
+        "| model | color | count |", "|---|---|---|", "| MLE | - | 30.0 (1.25) |",
+        "| SR + BagCurri | 20.0 (1.50) | 45.0 (1.60) |"]
     assert tail == ["| model | none | color |", "|---|---|---|", "| MLE | 40.0 | 50.0 |",
                     "| SR + BagCurri | 45.0 | 62.5 |"]
 
@@ -76,6 +83,12 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         assert "none" in result["by_edit"]["mle"] and len({tuple(v) for v in result["by_edit"].values()}) == 1
         assert all(0 <= m <= 1 for v in result["by_edit"].values() for m, _ in v.values())
         assert "| MLE | " in (tmp_path / "out" / "sr_bagcurri.md").read_text().split("bags of every size:")[1]
+        # per kind of fact on the MLE test split (a 1-epoch tiny model may state none): the kinds add up
+        assert set(result["facts_by_kind"]) == {"mle", "sr-random", "sr-bagcurri"}
+        for name, kinds in result["facts_by_kind"].items():
+            assert all(0 <= v["hallucination_rate"][0] <= 1 for v in kinds.values())
+            total = sum(v["per_caption"][0] for v in kinds.values())
+            assert total == pytest.approx(result["table"][name]["facts_per_caption"][0], abs=1e-3)
         trained = json.loads((tmp_path / "out" / "sr-bagcurri-s0" / "final" / "training_config.json").read_text())
         assert trained["kl_coef"] == 0.1 and trained["seed"] == 0 and trained["retriever"] == "palette:x"
         assert set(result["timings"]) == {"mle_s", "sr-random-s0_s", "sr-bagcurri-s0_s"}

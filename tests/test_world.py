@@ -271,6 +271,24 @@ def test_fact_checker_catches_wrong_colour_count_background_and_relation():
     assert all(check_fact(f, s) for f in caption_facts(right))
 
 
+def test_fact_scores_by_kind_split_the_hallucination_rate():
+    from vlm.world.facts import FACT_KINDS, fact_scores
+
+    s = Scene("beach", [Thing("shape", "red", "small", 0.2, 0.5, shape="circle"),
+                        Thing("shape", "red", "small", 0.2, 0.8, shape="circle")])
+    caps = {"a": "Three red circles in a kitchen.", "b": "Two red circles on a beach.", "c": "A blue circle."}
+    out = fact_scores(caps, {k: s for k in caps}, by_kind=True)
+    # a: thing, colour ok; count 3 and kitchen wrong. b: all four right. c: thing ok; blue and "a" (one) wrong.
+    assert out["by_kind"] == {
+        "thing": {"stated": 3, "per_caption": 1.0, "hallucination_rate": 0.0},
+        "color": {"stated": 3, "per_caption": 1.0, "hallucination_rate": round(1 / 3, 4)},
+        "count": {"stated": 3, "per_caption": 1.0, "hallucination_rate": round(2 / 3, 4)},
+        "background": {"stated": 2, "per_caption": round(2 / 3, 4), "hallucination_rate": 0.5}}
+    assert list(out["by_kind"]) == [k for k in FACT_KINDS if k in out["by_kind"]]
+    assert out["hallucination_rate"] == round(4 / 11, 4) and out["facts_per_caption"] == round(11 / 3, 4)
+    assert "by_kind" not in fact_scores(caps, {k: s for k in caps})  # the default keeps its old keys
+
+
 def test_dense_captions_state_more_facts_than_terse_ones():
     from vlm.world.facts import score_caption
 
