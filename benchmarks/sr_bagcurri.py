@@ -13,8 +13,8 @@
    graphs (overall and per kind of fact: colours, counts, ...), caption length and vocabulary size.
 
 The table (mean and spread over seeds), R@1 per kind of edit between bag members (which details each model's
-captions tell apart), hallucination per kind of fact and the acceptance checks are written to ``OUT/sr_bagcurri.md`` and ``.json``; the run is
-seeded end to end.
+captions tell apart), hallucination per kind of fact and the acceptance checks are written to
+``OUT/sr_bagcurri.md`` and ``.json``; the run is seeded end to end.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
     model = create_captioner(str(model_dir))
     tm = evaluate_truematch(load_world_bags(truematch_world), retriever, captioner=_ProtocolDecoding(model),
                             progress=progress)
-    out: dict[str, Any] = {k: round(v, 4) for k, v in tm.metrics.items() if k.startswith("R@1/bag") and v is not None}
+    out: dict[str, Any] = {k: round(v, 4) for k, v in tm.metrics.items()
+                           if k.startswith("R@1/bag") and v is not None}
     test = read_imagefolder(caption_world, check_images=False).filter_split("test")
     preds = caption_records(model, test, num_beams=5, max_new_tokens=20, progress=progress, stop_at_period=True)
     scores = score_predictions(preds, test)
