@@ -4,7 +4,9 @@
 
 For each caption the world's fact parser (:mod:`vlm.world.facts`) lists the facts it states (things,
 colours, sizes, counts, background, relations) and checks each against the image's scene graph. Reported
-per caption source: facts per caption, and the hallucination rate = unsupported facts / stated facts.
+per caption source: facts per caption, and the hallucination rate = unsupported facts / stated facts; for the
+``--field`` and ``--captions`` sources also per kind of fact (``by_kind:<source>``: how many stated, per caption,
+and the share wrong).
 The baselines beside it are the world's own captions: the first (tersest) reference, the mean over the
 references, and the exhaustive dense caption.
 """
@@ -31,6 +33,14 @@ def world_baselines(records, scenes) -> dict[str, dict]:
     if dense:
         out["dense_caption"] = fact_scores(dense, scenes)
     return out
+
+
+def _add_scores(results: dict, name: str, scores: dict) -> None:
+    """``results[name]`` = the scores; their ``by_kind`` goes after it, to ``results["by_kind:" + name]``, one row
+    per kind of fact (its own table in the report)."""
+    kinds = scores.pop("by_kind")
+    results[name] = scores
+    results[f"by_kind:{name}"] = [{"kind": k, **v} for k, v in kinds.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,17 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         if not caps:
             print(f"error: no record of {args.data} has a string field {f!r}", file=sys.stderr)
             return 2
-        results[f"field:{f}"] = fact_scores(caps, scenes)
+        _add_scores(results, f"field:{f}", fact_scores(caps, scenes, by_kind=True))
     for path in args.captions:
         preds = {str(k): v for k, v in json.loads(Path(path).read_text()).items()}
         unknown = set(preds) - set(scenes)
         if unknown:
             print(f"error: {path}: ids not in the dataset, e.g. {sorted(unknown)[0]!r}", file=sys.stderr)
             return 2
-        results[f"captions:{Path(path).name}"] = fact_scores(preds, scenes)
+        _add_scores(results, f"captions:{Path(path).name}", fact_scores(preds, scenes, by_kind=True))
     base = results["reference_first"]["facts_per_caption"]
     for k, v in results.items():
-        if "facts_per_caption" in v and base:
+        if isinstance(v, dict) and "facts_per_caption" in v and base:
             v["facts_vs_first_reference"] = round(v["facts_per_caption"] / base, 3)
     if args.out:
         write_results(args.out, "hallucination", results, config=vars(args), wall_time_s=time.perf_counter() - t0)

@@ -129,5 +129,9 @@ def test_hallucination_cli_reports_baselines_and_fields(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["dense_caption"]["hallucination_rate"] == 0.0
     assert out["field:boosted_caption"]["facts_per_caption"] > out["reference_first"]["facts_per_caption"]
+    kinds = {row["kind"]: row for row in out["by_kind:field:boosted_caption"]}  # its own table, per kind of fact
+    assert kinds["thing"]["stated"] >= 8 and all(row["hallucination_rate"] == 0.0 for row in kinds.values())
+    assert sum(r["per_caption"] for r in kinds.values()) == pytest.approx(
+        out["field:boosted_caption"]["facts_per_caption"], abs=1e-3)
     with pytest.raises(SystemExit):
         main(["--nope"])
