@@ -30,7 +30,9 @@ often as the captioner tells them apart; SR cannot go past that.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +145,6 @@ def captioner_sight(captioner: Any, data: Any, *, field: str = "dense_caption", 
     if data.records is None or not all(field in r.extra for r in data.records):
         raise ValueError(f"captioner_sight needs each record's exact caption in extra[{field!r}] "
                          "(a built-in world: load_world_bags(folder))")
-    import inspect
-
     by_features = (callable(getattr(captioner, "image_features", None))
                    and callable(getattr(captioner, "preprocess", None))
                    and "features" in inspect.signature(captioner.token_log_probs).parameters)
@@ -225,12 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     model = create_captioner(args.model)
     model.eval()
     data = load_world_bags(args.world)
+    # Decided before the sampling, so that a missing piece is said up front, not after minutes of work.
+    no_sight = (f"{type(model).__name__} has no token_log_probs"
+                if not callable(getattr(model, "token_log_probs", None)) else
+                f"{args.world}: records without 'dense_caption' (exact captions)"
+                if not all("dense_caption" in r.extra for r in data.records) else None)
+    if no_sight:
+        print(f"sr-headroom: no sight table ({no_sight})", file=sys.stderr)
     result = sr_headroom(model, data, load_retriever(args.retriever), n=args.n,
                          temperature=args.temperature, k_random=args.k_random, k_nn=args.k_nn, seed=args.seed,
                          cache=EmbeddingCache(cache_dir() / "truematch_embeddings"), progress=not args.quiet)
-    sight = None
-    if callable(getattr(model, "token_log_probs", None)):
-        sight = captioner_sight(model, data, progress=not args.quiet)
+    sight = None if no_sight else captioner_sight(model, data, progress=not args.quiet)
     if args.out:
         from vlm.data import atomic_write_text
 
@@ -238,10 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      indent=2) + "\n")
     print(markdown_table(result))
     print()
-    if sight is None:
-        print(f"(no sight table: {type(model).__name__} has no token_log_probs)")
-    else:
-        print(sight_table(sight))
+    print(f"(no sight table: {no_sight})" if sight is None else sight_table(sight))
     return 0
 
 

@@ -37,8 +37,11 @@ def caption_records(model: Any, ds: Any, *, limit: int | None = None, num_beams:
     return {k: p or "." for k, p in zip(ids, preds)}
 
 
-def score_predictions(preds: dict[str, str], ds: Any) -> dict:
-    """Caption metrics against the records' references, plus scene-graph facts where records have scenes."""
+def score_predictions(preds: dict[str, str], ds: Any, *, by_kind: bool = False) -> dict:
+    """Caption metrics against the records' references, plus scene-graph facts where records have scenes.
+
+    ``by_kind=True`` adds, with scenes, ``facts_by_kind`` (facts per caption) and ``hallucination_by_kind`` (share
+    wrong) per kind of fact (:func:`vlm.world.facts.fact_scores`)."""
     from vlm.metrics import caption_scores
 
     by_id = {str(r.id if r.id is not None else i): r for i, r in enumerate(ds)}
@@ -48,9 +51,12 @@ def score_predictions(preds: dict[str, str], ds: Any) -> dict:
         from vlm.world import Scene
         from vlm.world.facts import fact_scores
 
-        facts = fact_scores(preds, {k: Scene.from_dict(by_id[k].extra["scene"]) for k in preds})
+        facts = fact_scores(preds, {k: Scene.from_dict(by_id[k].extra["scene"]) for k in preds}, by_kind=by_kind)
         out["facts_per_caption"] = facts["facts_per_caption"]
         out["hallucination_rate"] = facts["hallucination_rate"]
+        if by_kind:
+            out["facts_by_kind"] = {k: v["per_caption"] for k, v in facts["by_kind"].items()}
+            out["hallucination_by_kind"] = {k: v["hallucination_rate"] for k, v in facts["by_kind"].items()}
     words = [w for p in preds.values() for w in p.lower().replace(".", " ").split()]
     out["mean_length_words"] = round(len(words) / max(len(preds), 1), 3)
     out["vocabulary"] = len(set(words))
