@@ -224,6 +224,65 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(towers, world, featur
                   progress=False, **towers)
 
 
+def test_scene_attribute_targets_count_every_slot_of_the_scene_graph(world):
+    from vlm.data import read_imagefolder
+    from vlm.world.scene import BACKGROUNDS
+
+    records = list(read_imagefolder(world, check_images=False))
+    slots = contrastive.attribute_slots()
+    counts, bg = contrastive.scene_attribute_targets(records)
+    assert counts.shape == (32, 216) and counts.sum() > 32
+    for k, rec in enumerate(records):
+        scene = rec.extra["scene"]
+        assert BACKGROUNDS[int(bg[k])] == scene["background"]
+        expect = {}
+        for t in scene["things"]:
+            key = (t.get("shape") or t.get("gender"), t["color"], t["size"])
+            expect[key] = expect.get(key, 0) + 1
+        got = {slots[j]: int(c) for j, c in enumerate(counts[k]) if c > 0}
+        assert got == {key: min(n, 6) for key, n in expect.items()}
+
+
+def test_attribute_head_learns_the_counts_of_separable_embeddings():
+    torch.manual_seed(0)
+    head = contrastive.AttributeHead(16)
+    emb = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    counts = torch.zeros(6, head.n_slots, dtype=torch.long)
+    counts[torch.arange(6), torch.arange(6)] = torch.arange(1, 7)  # image k: k+1 things in slot k
+    bg = torch.arange(6)
+    before = float(head.loss(emb, counts, bg))
+    # untrained: every slot starts probably empty (not uniform over counts, 216 * log 7 = 420 nats)
+    assert 10 < before < 0.05 * head.n_slots * math.log(7)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        head.loss(emb, counts, bg).backward()
+        opt.step()
+    count_logits, bg_logits = head(emb)
+    assert torch.equal(count_logits.argmax(-1), counts) and torch.equal(bg_logits.argmax(-1), bg)
+    # rows without a scene (background -1) are ignored
+    assert float(head.loss(emb, counts, torch.full((6,), -1))) == 0.0
+
+
+def test_attribute_loss_trains_resumes_and_stays_out_of_the_saved_model(towers, world, feature_cache, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = _train_cfg(attribute_weight=0.1)
+    train_lit(world, cfg, out_dir=tmp_path / "full", feature_cache=feature_cache, progress=False, **towers)
+    train_lit(world, cfg, out_dir=tmp_path / "part", feature_cache=feature_cache, progress=False,
+              stop_after_steps=6, **towers)
+    ckpt = load_file(str(tmp_path / "part" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    assert any(k.startswith("attribute_head.") for k in ckpt)  # the head resumes with the rest
+    train_lit(world, cfg, out_dir=tmp_path / "part", feature_cache=feature_cache, progress=False, **towers)
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert a.keys() == b.keys() and not any(k.startswith("attribute_head.") for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    attr = [json.loads(x)["attribute_loss"] for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert len(attr) == 12 and sum(attr[-3:]) < 0.85 * sum(attr[:3])  # the read-out learns
+    LiTRetriever.from_pretrained(tmp_path / "full", **towers)  # loads as a plain retriever
+
+
 @pytest.mark.real_weights
 def test_features_are_computed_once_and_reused(towers, world, tmp_path, monkeypatch):
     calls = {"image": 0, "text": 0}
@@ -313,8 +372,13 @@ def test_the_second_named_retriever_has_its_own_recipe_and_folder(towers, tmp_pa
     assert v3.name == "finecap:lit-v3" and (tmp_path / "retrievers" / "lit-world-v3" / "config.json").is_file()
     assert seen["worlds"] == ["captioning-s0-n12", "truematch-s0-n9"] and seen["cfg"].model.image_conv_pool == "both"
     assert contrastive.retriever_recipe("lit-world-v2")[2].model.image_conv_pool == "flatten"
-    with pytest.raises(ValueError, match="'finecap:lit-v3'"):
-        load_lit_retriever("lit-v4")
+    # v4: v3 plus the scene-graph attribute loss
+    v4 = load_lit_retriever("lit-v4")
+    assert v4.name == "finecap:lit-v4" and (tmp_path / "retrievers" / "lit-world-v4" / "config.json").is_file()
+    assert seen["cfg"].model.image_conv_pool == "both" and seen["cfg"].attribute_weight > 0
+    assert contrastive.retriever_recipe("lit-world-v3")[2].attribute_weight == 0
+    with pytest.raises(ValueError, match="'finecap:lit-v4'"):
+        load_lit_retriever("lit-v5")
 
 
 def test_cli_rejects_too_small_runs_before_doing_any_work(tmp_path, capsys):

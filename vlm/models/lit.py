@@ -247,7 +247,8 @@ class LiTConfig:
 
 #: The package's own retrievers: spec ``finecap:<key>`` -> cache folder name (recipes:
 #: :func:`vlm.train.contrastive.retriever_recipe`). ``lit`` is the default.
-PACKAGE_RETRIEVERS = {"lit": "lit-world-v1", "lit-v2": "lit-world-v2", "lit-v3": "lit-world-v3"}
+PACKAGE_RETRIEVERS = {"lit": "lit-world-v1", "lit-v2": "lit-world-v2", "lit-v3": "lit-world-v3",
+                      "lit-v4": "lit-world-v4"}
 
 #: LiTConfig fields added with the attention pools; :meth:`LiTConfig.identity` leaves them out at their defaults.
 POOLING_FIELDS = ("text_pool", "image_pool", "head_width", "head_heads", "text_head_layers", "image_head_layers",
@@ -795,7 +796,8 @@ def load_lit_retriever(rest: str = "lit", *, device: str = "cpu") -> LiTRetrieve
     """The retriever of a spec ``finecap:REST``: ``lit`` (the package's default, trained on first use by
     :func:`vlm.train.ensure_default_retriever`, 2.5-5 min on 2 CPU cores, then cached), ``lit-v2`` (the
     mid-level conv-head recipe, better on near-duplicates, about 17 min the first time), ``lit-v3`` (v2 with the
-    conv head's grid pooled both ways: better still) or a folder saved with
+    conv head's grid pooled both ways: better still), ``lit-v4`` (v3 also taught the scene graph's counts, sizes
+    and colours: the best on near-duplicates) or a folder saved with
     :meth:`LiTRetriever.save_pretrained`. Register it with ``register_retriever("finecap", load_lit_retriever)``.
 
     Example::
@@ -814,6 +816,6 @@ def load_lit_retriever(rest: str = "lit", *, device: str = "cpu") -> LiTRetrieve
     if path.is_dir():
         return LiTRetriever.from_pretrained(path, device=device)
     raise ValueError(f"retriever spec 'finecap:{rest}': expected 'finecap:lit' (the package's default LiT "
-                     f"retriever), 'finecap:lit-v2', 'finecap:lit-v3' or 'finecap:/path/to/folder' saved by "
+                     f"retriever), 'finecap:lit-v2', 'finecap:lit-v3', 'finecap:lit-v4' or 'finecap:/path/to/folder' saved by "
                      f"LiTRetriever.save_pretrained; "
                      f"{rest!r} is neither")
