@@ -225,7 +225,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(towers, world, featur
 
 
 def test_scene_attribute_targets_count_every_slot_of_the_scene_graph(world):
-    from vlm.data import read_imagefolder
+    from vlm.data import Record, read_imagefolder
     from vlm.world.scene import BACKGROUNDS
 
     records = list(read_imagefolder(world, check_images=False))
@@ -241,6 +241,9 @@ def test_scene_attribute_targets_count_every_slot_of_the_scene_graph(world):
             expect[key] = expect.get(key, 0) + 1
         got = {slots[j]: int(c) for j, c in enumerate(counts[k]) if c > 0}
         assert got == {key: min(n, 6) for key, n in expect.items()}
+    bad = dict(records[0].extra["scene"], background="moon")
+    with pytest.raises(ValueError, match=r"record '.*\.png': scene field 'background': unknown background 'moon'"):
+        contrastive.scene_attribute_targets([records[1], Record(records[0].file_name, ["x"], extra={"scene": bad})])
 
 
 def test_attribute_head_learns_the_counts_of_separable_embeddings():

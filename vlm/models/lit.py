@@ -816,6 +816,5 @@ def load_lit_retriever(rest: str = "lit", *, device: str = "cpu") -> LiTRetrieve
     if path.is_dir():
         return LiTRetriever.from_pretrained(path, device=device)
     raise ValueError(f"retriever spec 'finecap:{rest}': expected 'finecap:lit' (the package's default LiT "
-                     f"retriever), 'finecap:lit-v2', 'finecap:lit-v3', 'finecap:lit-v4' or 'finecap:/path/to/folder' saved by "
-                     f"LiTRetriever.save_pretrained; "
-                     f"{rest!r} is neither")
+                     f"retriever), 'finecap:lit-v2', 'finecap:lit-v3', 'finecap:lit-v4' or "
+                     f"'finecap:/path/to/folder' saved by LiTRetriever.save_pretrained; {rest!r} is neither")

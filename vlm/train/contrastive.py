@@ -250,7 +250,8 @@ def attribute_slots() -> list[tuple[str, str, str]]:
 def scene_attribute_targets(records: Sequence[Record]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per record, the count of things in each :func:`attribute_slots` slot (capped at
     :data:`vlm.world.scene.MAX_COUNT`) and the background index; ``-1`` rows for records without a ``scene``.
-    Badges (the fine-grained preset) are not counted.
+    Badges (the fine-grained preset) are not counted. A malformed scene raises ``ValueError`` naming the record's
+    file and the field (:meth:`vlm.world.scene.Scene.from_dict`).
 
     Returns:
         ``counts`` ``(N, S)`` int64 and ``background`` ``(N,)`` int64.
@@ -260,24 +261,27 @@ def scene_attribute_targets(records: Sequence[Record]) -> tuple[torch.Tensor, to
         >>> scene = {"background": "snow", "things": [
         ...     {"kind": "shape", "shape": "circle", "color": "red", "size": "small", "x": 0.2, "y": 0.2},
         ...     {"kind": "shape", "shape": "circle", "color": "red", "size": "small", "x": 0.6, "y": 0.6}]}
-        >>> counts, bg = scene_attribute_targets([Record("a.png", ["x"], extra={"scene": scene}), Record("b.png", ["y"])])
+        >>> records = [Record("a.png", ["x"], extra={"scene": scene}), Record("b.png", ["y"])]
+        >>> counts, bg = scene_attribute_targets(records)
         >>> int(counts[0, 0]), int(counts[0].sum()), int(bg[0]), int(counts[1, 0]), int(bg[1])
         (2, 2, 4, -1, -1)
     """
-    from vlm.world.scene import BACKGROUNDS, MAX_COUNT
+    from vlm.world.scene import BACKGROUNDS, MAX_COUNT, Scene
 
     slot = {s: k for k, s in enumerate(attribute_slots())}
     counts = torch.full((len(records), len(slot)), -1, dtype=torch.long)
     background = torch.full((len(records),), -1, dtype=torch.long)
     for r, rec in enumerate(records):
-        scene = rec.extra.get("scene")
-        if not isinstance(scene, dict) or scene.get("background") not in BACKGROUNDS:
+        if rec.extra.get("scene") is None:
             continue
+        try:  # the world's own validation: unknown backgrounds or thing fields name the field
+            scene = Scene.from_dict(rec.extra["scene"])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"record {rec.file_name!r}: {err}") from err
         counts[r] = 0
-        background[r] = BACKGROUNDS.index(scene["background"])
-        for t in scene.get("things", []):
-            noun = t.get("shape") if t.get("kind") == "shape" else t.get("gender") if t.get("kind") == "person" else None
-            k = slot.get((noun, t.get("color"), t.get("size")))
+        background[r] = BACKGROUNDS.index(scene.background)
+        for t in scene.things:
+            k = slot.get((t.shape or t.gender, t.color, t.size))  # badges have neither: not counted
             if k is not None:
                 counts[r, k] = min(int(counts[r, k]) + 1, MAX_COUNT)
     return counts, background
@@ -651,7 +655,8 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
         attr = None
         if attr_head is not None:  # the image's scene graph from its embedding, and from its dense caption's
             counts, bg = attr_counts[idx], attr_bg[idx]
-            attr = attr_head.loss(image_emb, counts, bg) + attr_head.loss(text_emb, counts, torch.where(use_dense, bg, -1))
+            attr = (attr_head.loss(image_emb, counts, bg)
+                    + attr_head.loss(text_emb, counts, torch.where(use_dense, bg, -1)))
             loss = loss + cfg.attribute_weight * attr
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -665,9 +670,11 @@ def train_lit(data: Any, config: LiTTrainConfig | None = None, *, out_dir: str |
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}", scale=f"{model.logit_scale:.1f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
-            append_jsonl(metrics_log, {"step": step, "loss": round(value, 6), "lr": sched.get_last_lr()[0],
-                                        "logit_scale": round(model.logit_scale, 4),
-                                        **({"attribute_loss": round(float(attr.detach()), 6)} if attr is not None else {})})
+            line = {"step": step, "loss": round(value, 6), "lr": sched.get_last_lr()[0],
+                    "logit_scale": round(model.logit_scale, 4)}
+            if attr is not None:
+                line["attribute_loss"] = round(float(attr.detach()), 6)
+            append_jsonl(metrics_log, line)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after_steps:
             state = model.trainable_state_dict()
             if attr_head is not None:
@@ -931,7 +938,7 @@ def retriever_recipe(name: str) -> tuple[tuple[tuple[str, int], ...], int, LiTTr
         >>> retriever_recipe("lit-world-v9")
         Traceback (most recent call last):
         ...
-        ValueError: unknown package retriever 'lit-world-v9': expected one of lit-world-v1, lit-world-v2, lit-world-v3, lit-world-v4
+        ValueError: unknown package retriever 'lit-world-v9': expected one of lit-world-v1, ..., lit-world-v4
     """
     # Looked up at call time (not a table of results): tests and users may patch the worlds and configs.
     recipes = {DEFAULT_RETRIEVER_NAME: (DEFAULT_WORLDS, default_train_config),
