@@ -73,13 +73,16 @@ def _check_settings(out: Path, settings: dict) -> None:
 def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-world-small.yaml",
         model: str | None = None, retriever: str | None = None, mle_set: dict | None = None,
         sr_set: dict | None = None, eval_world_n: int = 1500, sr_configs: dict[str, Path] | None = None,
-        progress: bool = True) -> dict:
+        pretrain_set: dict | None = None, progress: bool = True) -> dict:
     """The whole comparison into ``out`` (finished stages reused). ``mle_config``: the MLE recipe; ``model``: a
     captioner overriding the recipe's (e.g. ``prefix-mid-pos-small``); ``retriever``: the reward and
     evaluation retriever overriding the SR configs' (e.g. ``finecap:lit-v2``); ``mle_set`` / ``sr_set``: more
     fields overriding the MLE recipe's / both SR configs' (e.g. ``{"kl_coef": 0.1}``); ``eval_world_n``: images
     of the held-out TrueMatch world; ``sr_configs``: the two SR YAMLs, ``{"sr-random": path, "sr-bagcurri": path}``
-    (default: the shipped ones)."""
+    (default: the shipped ones); ``pretrain_set``: when given, an MLE pretraining stage first (the recipe with these
+    fields, e.g. ``{"world_preset": "captioning", "world_seed": 7}``: other annotators on other images) into
+    ``out/mle-pretrain``, from whose final model the MLE stage then fine-tunes; the comparison starts from that
+    MLE captioner as from any other."""
     from vlm.metrics import caption_scores
     from vlm.retrieval import load_retriever
     from vlm.train.mle import MLEConfig, check_config_keys, train_mle
@@ -91,6 +94,10 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     mle_set, sr_set = dict(mle_set or {}), dict(sr_set or {})
     check_config_keys(MLEConfig, mle_set, source="mle_set (--mle-set)")
     check_config_keys(SRConfig, sr_set, source="sr_set (--sr-set)")
+    pretrain_set = dict(pretrain_set or {})
+    check_config_keys(MLEConfig, pretrain_set, source="pretrain_set (--pretrain-set)")
+    if {"model", "out_dir"} & set(pretrain_set):
+        raise ValueError("pretrain_set: model and out_dir are set by the comparison itself (use --model, --out)")
     if "curriculum" in sr_set:
         raise ValueError("sr_set: the curriculum is what the comparison varies; edit vlm/configs/sr-bagcurri.yaml")
     fixed = sorted(set(sr_set) & {"init_model", "train_data", "seed", "out_dir", "retriever", "progress"})
@@ -106,9 +113,19 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
                 "sr_configs": {v: _load_yaml(sr_configs[v]) for v in VARIANTS}}
     if mle_set or sr_set or eval_world_n != 1500:  # runs made before these options existed stay reusable
         settings.update(mle_set=mle_set, sr_set=sr_set, eval_world_n=eval_world_n)
+    if pretrain_set:
+        settings["pretrain_set"] = pretrain_set
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)
     over = {**mle_set, **({"model": model} if model else {})}
+    if pretrain_set:
+        pre_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle-pretrain"), progress=progress,
+                                      **{**over, **pretrain_set})
+        if not (out / "mle-pretrain" / "final" / "config.json").is_file():
+            t = time.perf_counter()
+            train_mle(pre_cfg, metrics_fn=caption_scores)
+            timings["mle_pretrain_s"] = round(time.perf_counter() - t, 1)
+        over["model"] = str(out / "mle-pretrain" / "final")
     mle_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle"), progress=progress, **over)
     if not (out / "mle" / "final" / "config.json").is_file():
         t = time.perf_counter()
@@ -170,6 +187,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     wall = round(time.perf_counter() - t0, 1)
     result = {"seeds": seeds, "mle_config": str(mle_config), "model": model or mle_cfg.model,
               "retriever": retriever_spec, "mle_set": mle_set, "sr_set": sr_set, "eval_world_n": eval_world_n,
+              "pretrain_set": pretrain_set,
               "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in table.items()},
               "by_edit": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in by_edit.items()},
               "facts_by_kind": {k: {kind: {m: [round(a, 4), round(b, 4)] for m, (a, b) in d.items()}
@@ -232,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="MLE recipe fields to override (YAML values), as python -m vlm train --set")
     p.add_argument("--sr-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="fields to override in both SR configs (e.g. kl_coef=0.1 mle_coef=0.1)")
+    p.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="run an MLE pretraining stage first, the recipe with these fields (e.g. world_preset=captioning "
+                        "world_seed=7), and fine-tune the MLE stage from it")
     p.add_argument("--eval-world-n", type=int, default=1500, help="images of the held-out TrueMatch world")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -240,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(Path(args.out), args.seeds, mle_config=args.mle_config, model=args.model, retriever=args.retriever,
                  mle_set=parse_overrides(args.mle_set, option="--mle-set"),
                  sr_set=parse_overrides(args.sr_set, option="--sr-set"), eval_world_n=args.eval_world_n,
-                 progress=not args.quiet)
+                 pretrain_set=parse_overrides(args.pretrain_set, option="--pretrain-set"), progress=not args.quiet)
     print(markdown_table(result))
     print(json.dumps(result["checks"], indent=2))
     return 0

@@ -43,7 +43,8 @@ def test_cli_lists_the_new_options(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert all(o in out for o in ("--retriever", "--model", "--mle-config", "--sr-set", "--mle-set", "--eval-world-n"))
+    assert all(o in out for o in ("--retriever", "--model", "--mle-config", "--sr-set", "--mle-set", "--eval-world-n",
+                                 "--pretrain-set"))
 
 
 def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
@@ -106,5 +107,53 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         with pytest.raises(ValueError, match=r"sr_set \(--sr-set\): unknown SRConfig keys \['kl'\]"):
             run(tmp_path / "other", [0], **{**kw, "sr_set": {"kl": 0.1}})
         assert not (tmp_path / "other").exists()  # refused before any folder is made
+    finally:
+        _FACTORIES.pop("palette", None)
+
+
+def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_it(tmp_path):
+    """``pretrain_set``: MLE on other annotators' captions first, then the MLE stage from that model."""
+    import yaml
+
+    from benchmarks.sr_bagcurri import run
+    from tests.test_sr import PaletteRetriever
+    from vlm.retrieval import _FACTORIES, register_retriever
+
+    register_retriever("palette", lambda rest, device="cpu": PaletteRetriever())
+    try:
+        common = dict(method="sr", world_n=24, batch_size=4, n_samples=2, max_new_tokens=6, eval_every=0,
+                      checkpoint_every=2, eval_num_beams=1, eval_max_new_tokens=6, retriever="palette:x",
+                      curriculum=[{"source": "random", "steps": 1}])
+        paths = {}
+        for name in ("sr-random", "sr-bagcurri"):
+            paths[name] = tmp_path / f"{name}.yaml"
+            paths[name].write_text(yaml.safe_dump(common))
+        mle_set = {"model": "prefix-tiny", "world_n": 30, "epochs": 1, "batch_size": 16, "warmup_steps": 1,
+                   "vocab_size": 300, "eval_images": 4, "test_images": 6, "eval_num_beams": 1,
+                   "eval_max_new_tokens": 6, "world_preset": "captioning-brief"}
+        pretrain_set = {"world_preset": "captioning", "world_seed": 7, "world_n": 20}
+        kw = dict(mle_set=mle_set, eval_world_n=21, sr_configs=paths, pretrain_set=pretrain_set, progress=False)
+        result = run(tmp_path / "out", [0], **kw)
+        out = tmp_path / "out"
+        pre = json.loads((out / "mle-pretrain" / "config.json").read_text())
+        assert (pre["world_preset"], pre["world_seed"], pre["world_n"], pre["model"]) == ("captioning", 7, 20,
+                                                                                         "prefix-tiny")
+        mle = json.loads((out / "mle" / "config.json").read_text())
+        assert mle["model"] == str(out / "mle-pretrain" / "final") and mle["world_preset"] == "captioning-brief"
+        # the MLE stage starts from the pretrained weights and keeps their tokenizer
+        from vlm.models import create_captioner
+
+        a, b = create_captioner(str(out / "mle-pretrain" / "final")), create_captioner(str(out / "mle" / "final"))
+        assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+        assert set(result["timings"]) == {"mle_pretrain_s", "mle_s", "sr-random-s0_s", "sr-bagcurri-s0_s"}
+        assert result["pretrain_set"] == pretrain_set
+        assert json.loads((out / "sr_bagcurri_config.json").read_text())["pretrain_set"] == pretrain_set
+        assert run(out, [0], **kw)["timings"] == {}  # reused
+        with pytest.raises(ValueError, match="other settings"):
+            run(out, [0], **{**kw, "pretrain_set": {**pretrain_set, "world_seed": 8}})
+        with pytest.raises(ValueError, match="model and out_dir are set by the comparison"):
+            run(tmp_path / "other", [0], **{**kw, "pretrain_set": {"model": "prefix-small"}})
+        with pytest.raises(ValueError, match=r"unknown MLEConfig keys \['epoch'\]"):
+            run(tmp_path / "other", [0], **{**kw, "pretrain_set": {"epoch": 1}})
     finally:
         _FACTORIES.pop("palette", None)
