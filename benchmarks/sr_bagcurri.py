@@ -3,7 +3,9 @@
 ``python -m benchmarks sr-bagcurri [--out runs/sr-bagcurri-compare] [--seeds 0 1 2]``
 
 1. MLE: the default small captioner (``vlm/configs/mle-world-small.yaml``) on the captioning world (reused
-   when ``OUT/mle/final`` exists).
+   when ``OUT/mle/final`` exists). With ``--pretrain-set``, an MLE pretraining stage comes first (the recipe with
+   those fields, e.g. other images captioned by other annotators, into ``OUT/mle-pretrain``) and the MLE stage
+   fine-tunes from its model.
 2. For each seed, two self-retrieval fine-tunings from it on a truematch-preset world: with the bag
    curriculum (``vlm/configs/sr-bagcurri.yaml``) and with random in-batch distractors only
    (``vlm/configs/sr-random.yaml``), same steps, same reward, same baseline. Finished runs are reused.
@@ -251,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sr-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="fields to override in both SR configs (e.g. kl_coef=0.1 mle_coef=0.1)")
     p.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="run an MLE pretraining stage first, the recipe with these fields (e.g. world_preset=captioning "
-                        "world_seed=7), and fine-tune the MLE stage from it")
+                   help="run an MLE pretraining stage first, the recipe with these fields (e.g. "
+                        "world_preset=captioning world_seed=7), and fine-tune the MLE stage from it")
     p.add_argument("--eval-world-n", type=int, default=1500, help="images of the held-out TrueMatch world")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
