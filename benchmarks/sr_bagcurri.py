@@ -120,15 +120,19 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)
     over = {**mle_set, **({"model": model} if model else {})}
+    pre_cfg = None
     if pretrain_set:
         pre_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle-pretrain"), progress=progress,
                                       **{**over, **pretrain_set})
-        if not (out / "mle-pretrain" / "final" / "config.json").is_file():
-            t = time.perf_counter()
-            train_mle(pre_cfg, metrics_fn=caption_scores)
-            timings["mle_pretrain_s"] = round(time.perf_counter() - t, 1)
+        # the MLE stage fine-tunes the pretrained folder: its model_overrides are already in that model
+        over = {k: v for k, v in over.items() if k != "model_overrides"}
         over["model"] = str(out / "mle-pretrain" / "final")
+    # both configs are built (and checked) before anything trains
     mle_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle"), progress=progress, **over)
+    if pre_cfg is not None and not (out / "mle-pretrain" / "final" / "config.json").is_file():
+        t = time.perf_counter()
+        train_mle(pre_cfg, metrics_fn=caption_scores)
+        timings["mle_pretrain_s"] = round(time.perf_counter() - t, 1)
     if not (out / "mle" / "final" / "config.json").is_file():
         t = time.perf_counter()
         train_mle(mle_cfg, metrics_fn=caption_scores)
