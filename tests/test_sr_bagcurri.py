@@ -155,5 +155,17 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
             run(tmp_path / "other", [0], **{**kw, "pretrain_set": {"model": "prefix-small"}})
         with pytest.raises(ValueError, match=r"unknown MLEConfig keys \['epoch'\]"):
             run(tmp_path / "other", [0], **{**kw, "pretrain_set": {"epoch": 1}})
+        # a bad MLE-stage value fails before the pretraining stage trains
+        with pytest.raises(ValueError, match="MLEConfig.epochs must be >= 1"):
+            run(tmp_path / "bad", [0], **{**kw, "mle_set": {**mle_set, "epochs": 0}})
+        assert not (tmp_path / "bad" / "mle-pretrain").exists()
+        # model_overrides shape the pretrained model; the MLE stage fine-tunes it as it is (a saved folder
+        # refuses overrides)
+        over_kw = {**kw, "mle_set": {**mle_set, "model_overrides": {"prefix_length": 3}}}
+        run(tmp_path / "over", [0], **over_kw)
+        pre = json.loads((tmp_path / "over" / "mle-pretrain" / "config.json").read_text())
+        mle = json.loads((tmp_path / "over" / "mle" / "config.json").read_text())
+        assert pre["model_overrides"] == {"prefix_length": 3} and mle["model_overrides"] == {}
+        assert create_captioner(str(tmp_path / "over" / "mle" / "final")).config.prefix_length == 3
     finally:
         _FACTORIES.pop("palette", None)

@@ -111,6 +111,8 @@ def test_captioner_sight_counts_what_the_likelihoods_tell_apart(world):
     assert md[2].startswith("| image -> its exact caption | 100.0")
     with pytest.raises(TypeError, match="token_log_probs"):
         captioner_sight(object(), data)
+    with pytest.raises(ValueError, match=r"exact caption in extra\['no_such_field'\]"):
+        captioner_sight(LikelihoodCaptioner(index_of, dense, sees=True, prior=prior), data, field="no_such_field")
 
 
 def test_bad_inputs_are_refused_clearly(world):
@@ -153,3 +155,33 @@ def test_cli_scores_a_saved_captioner_and_writes_json(world, tmp_path, capsys):
     sight = json.loads(out.read_text())["sight"]  # the tiny captioner's own likelihoods, real token_log_probs
     assert set(sight) == {"image_to_caption", "caption_to_image"}
     assert all(0.0 <= v <= 1.0 for row in sight.values() for v in row.values()) and len(sight["caption_to_image"]) == 3
+
+
+def test_cli_says_up_front_why_there_is_no_sight_table(world, tmp_path, capsys):
+    """A world without exact captions still gets the headroom table; the missing sight table is explained."""
+    import json
+    import shutil
+
+    from vlm.models import create_captioner
+    from vlm.retrieval import _FACTORIES, register_retriever
+
+    root, data, keys, dense = world
+    bare = tmp_path / "bare"
+    shutil.copytree(root, bare)
+    rows = [json.loads(line) for line in (bare / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    (bare / "metadata.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "dense_caption"})
+                                                 + "\n" for r in rows))
+    model = create_captioner("prefix-tiny", train_texts=dense * 2, vocab_size=300, seed=0)
+    model.save_pretrained(tmp_path / "cap")
+    register_retriever("judge", lambda rest, device="cpu": CaptionJudge(dict(zip(keys, dense))))
+    try:
+        out = tmp_path / "headroom.json"
+        assert main(["--model", str(tmp_path / "cap"), "--world", str(bare), "--retriever", "judge:x", "--n", "2",
+                     "--k-random", "4", "--k-nn", "2", "--out", str(out), "--quiet"]) == 0
+    finally:
+        _FACTORIES.pop("judge", None)
+    captured = capsys.readouterr()
+    assert f"no sight table ({bare}: records without 'dense_caption' (exact captions))" in captured.err
+    assert "(no sight table:" in captured.out
+    result = json.loads(out.read_text())
+    assert result["sight"] is None and set(result["scores"]) == {"beam", "sample", "clip_s", "rd4", "nn2", "bag"}
