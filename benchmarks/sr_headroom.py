@@ -25,6 +25,11 @@ A second table, the captioner's *sight* (:func:`captioner_sight`, for captioners
 what the captioner could say right if it said everything: R@1 when its own likelihoods choose among the bag's
 exact captions (the scene graphs in words). A caption can name the detail that separates near-duplicates only as
 often as the captioner tells them apart; SR cannot go past that.
+
+A third table (:func:`content_ceilings`) asks what the judge rewards: R@1 of true captions written from each
+image's scene graph that state chosen content (:data:`CONTENT_VARIANTS`: one, two or all groups, with or without
+colours and sizes, exact or vague counts). It needs no captioner: it says what a captioner would have to say, and
+say right, for a given R@1 (the first rows that pass a target are the least a policy must learn).
 """
 
 from __future__ import annotations
@@ -116,6 +121,51 @@ def sr_headroom(captioner: Any, data: Any, retriever: Any, *, n: int = 16, tempe
     return result
 
 
+#: True one-sentence captions with chosen content, ``{row name: vlm.world.content_caption keyword arguments}``, from
+#: saying little to saying everything the first sentence of a dense caption says (every group named in order of
+#: salience, the background always).
+CONTENT_VARIANTS: dict[str, dict] = {
+    "1 group, colour": {"max_groups": 1, "size": False},
+    "1 group, colour + size": {"max_groups": 1},
+    "2 groups, no colour or size": {"max_groups": 2, "color": False, "size": False},
+    "2 groups, colour": {"max_groups": 2, "size": False},
+    "2 groups, colour + size": {"max_groups": 2},
+    "all groups, size": {"color": False},
+    "all groups, colour": {"size": False},
+    "all groups, colour + size": {},
+    "all groups, colour + size, vague counts": {"exact_counts": False},
+}
+
+
+@torch.no_grad()
+def content_ceilings(data: Any, retriever: Any, *, variants: dict[str, dict] | None = None, batch_size: int = 64,
+                     cache: Any = None) -> dict[str, dict]:
+    """R@1 per bag size (and words per caption) of true captions stating chosen content, ``{row: {...}}``.
+
+    Each image's caption is :func:`vlm.world.content_caption` of its scene graph with a row's keyword arguments
+    (``variants``, default :data:`CONTENT_VARIANTS`); a last row, ``dense caption (+ relations)``, is the whole
+    dense caption. The captions are true by construction, so each row is what a captioner that saw perfectly and
+    said exactly that would score under this judge. ``data``: a world's
+    :class:`benchmarks.truematch.TrueMatchData` (records with scenes); ``cache``: an image-embedding cache.
+    """
+    from benchmarks.truematch import encode_image_files, score_truematch
+    from vlm.world import Scene, content_caption, dense_caption
+
+    if data.records is None or not all(r.extra.get("scene") for r in data.records):
+        raise ValueError("content_ceilings needs a built-in world's bags (records with scenes): "
+                         "load_world_bags(folder)")
+    scenes = [Scene.from_dict(r.extra["scene"]) for r in data.records]
+    img = encode_image_files(retriever, data.paths, batch_size=batch_size, cache=cache).float()
+    rows = {name: [content_caption(s, **kw) for s in scenes] for name, kw in (variants or CONTENT_VARIANTS).items()}
+    rows["dense caption (+ relations)"] = [dense_caption(s) for s in scenes]
+    out = {}
+    for name, caps in rows.items():
+        m = score_truematch(img, retriever.encode_texts(caps).float().contiguous(), data.bags).metrics()
+        out[name] = {k: round(v, 4) for k, v in m.items() if v is not None and k.startswith("R@1/bag")}
+        out[name]["mean_length_words"] = round(sum(len(c.split()) for c in caps) / len(caps), 2)
+    return out
+
+
 @torch.no_grad()
 def captioner_sight(captioner: Any, data: Any, *, field: str = "dense_caption", batch_size: int = 64,
                     tie_tol: float = 1e-6, progress: bool = False) -> dict[str, dict[str, float]]:
@@ -191,6 +241,17 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def content_table(content: dict) -> str:
+    """:func:`content_ceilings`' result as Markdown: R@1 in % per bag size, words per caption."""
+    cols = [c for c in next(iter(content.values())) if c.startswith("R@1/bag")]
+    lines = ["| true captions that say (judge's R@1) | " + " | ".join(cols) + " | words |",
+             "|---|" + "---|" * (len(cols) + 1)]
+    for name, row in content.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in cols)
+                     + f" | {row['mean_length_words']:.1f} |")
+    return "\n".join(lines)
+
+
 def sight_table(sight: dict) -> str:
     """:func:`captioner_sight`'s result as Markdown: R@1 in % per bag size and direction."""
     cols = list(next(iter(sight.values())))
@@ -232,19 +293,23 @@ def main(argv: list[str] | None = None) -> int:
                 if not all("dense_caption" in r.extra for r in data.records) else None)
     if no_sight:
         print(f"sr-headroom: no sight table ({no_sight})", file=sys.stderr)
-    result = sr_headroom(model, data, load_retriever(args.retriever), n=args.n,
-                         temperature=args.temperature, k_random=args.k_random, k_nn=args.k_nn, seed=args.seed,
-                         cache=EmbeddingCache(cache_dir() / "truematch_embeddings"), progress=not args.quiet)
+    judge, cache = load_retriever(args.retriever), EmbeddingCache(cache_dir() / "truematch_embeddings")
+    result = sr_headroom(model, data, judge, n=args.n, temperature=args.temperature, k_random=args.k_random,
+                         k_nn=args.k_nn, seed=args.seed, cache=cache, progress=not args.quiet)
     sight = None if no_sight else captioner_sight(model, data, progress=not args.quiet)
+    content = content_ceilings(data, judge, cache=cache)
     if args.out:
         from vlm.data import atomic_write_text
 
-        atomic_write_text(Path(args.out), json.dumps({"args": vars(args), "scores": result, "sight": sight},
-                                                     indent=2) + "\n")
+        atomic_write_text(Path(args.out), json.dumps({"args": vars(args), "scores": result, "sight": sight,
+                                                      "content": content}, indent=2) + "\n")
     print(markdown_table(result))
     print()
     print(f"(no sight table: {no_sight})" if sight is None else sight_table(sight))
+    print()
+    print(content_table(content))
     return 0
 
 
-__all__ = ["captioner_sight", "markdown_table", "sight_table", "sr_headroom"]
+__all__ = ["CONTENT_VARIANTS", "captioner_sight", "content_ceilings", "content_table", "markdown_table", "sight_table",
+           "sr_headroom"]

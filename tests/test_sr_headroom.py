@@ -5,7 +5,8 @@ import hashlib
 import pytest
 import torch
 
-from benchmarks.sr_headroom import captioner_sight, main, markdown_table, sight_table, sr_headroom
+from benchmarks.sr_headroom import (CONTENT_VARIANTS, captioner_sight, content_ceilings, content_table, main,
+                                   markdown_table, sight_table, sr_headroom)
 from benchmarks.truematch import load_world_bags
 from vlm.world import generate_world
 
@@ -115,6 +116,28 @@ def test_captioner_sight_counts_what_the_likelihoods_tell_apart(world):
         captioner_sight(LikelihoodCaptioner(index_of, dense, sees=True, prior=prior), data, field="no_such_field")
 
 
+def test_content_ceilings_score_true_captions_of_chosen_content(world):
+    """The judge embeds an image as its dense caption: only the whole dense caption retrieves every image."""
+    _, data, keys, dense = world
+    content = content_ceilings(data, CaptionJudge(dict(zip(keys, dense))))
+    assert list(content) == list(CONTENT_VARIANTS) + ["dense caption (+ relations)"]
+    assert content["dense caption (+ relations)"] == {**{f"R@1/bag{k}": 1.0 for k in sorted(data.bags)},
+                                                      "mean_length_words": pytest.approx(
+                                                          sum(len(d.split()) for d in dense) / len(dense), abs=0.01)}
+    for name in CONTENT_VARIANTS:  # other texts are unrelated random vectors to this judge: far from 1.0
+        assert content[name]["R@1/bag7"] < 0.8, name
+    words = {k: v["mean_length_words"] for k, v in content.items()}
+    assert words["1 group, colour"] < words["2 groups, colour"] < words["all groups, colour"]
+    assert words["all groups, colour"] < words["all groups, colour + size"] < words["dense caption (+ relations)"]
+    md = content_table(content).splitlines()
+    assert md[0] == "| true captions that say (judge's R@1) | R@1/bag3 | R@1/bag5 | R@1/bag7 | words |"
+    assert md[-1].startswith("| dense caption (+ relations) | 100.0 | 100.0 | 100.0 |")
+    few = content_ceilings(data, CaptionJudge(dict(zip(keys, dense))), variants={"one": {"max_groups": 1}})
+    assert list(few) == ["one", "dense caption (+ relations)"]
+    with pytest.raises(ValueError, match="records with scenes"):
+        content_ceilings(type("NoScenes", (), {"records": None})(), CaptionJudge({}))
+
+
 def test_bad_inputs_are_refused_clearly(world):
     _, data, keys, dense = world
     judge, cap = CaptionJudge(dict(zip(keys, dense))), ScriptedCaptioner({k: i for i, k in enumerate(keys)}, dense)
@@ -151,9 +174,12 @@ def test_cli_scores_a_saved_captioner_and_writes_json(world, tmp_path, capsys):
     assert list(scores) == ["beam", "sample", "clip_s", "rd4", "nn2", "bag"]
     for row in scores.values():  # the real path: a saved captioner sampled, scored and written per rule
         assert all(0.0 <= row[f"R@1/bag{k}"] <= 1.0 for k in data.bags) and row["mean_length_words"] >= 0
-    assert scores["beam"]["facts_per_caption"] >= 0 and "| bag |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert scores["beam"]["facts_per_caption"] >= 0 and "| bag |" in printed
     sight = json.loads(out.read_text())["sight"]  # the tiny captioner's own likelihoods, real token_log_probs
     assert set(sight) == {"image_to_caption", "caption_to_image"}
+    content = json.loads(out.read_text())["content"]
+    assert content["dense caption (+ relations)"]["R@1/bag3"] == 1.0 and "| all groups, colour |" in printed
     assert all(0.0 <= v <= 1.0 for row in sight.values() for v in row.values()) and len(sight["caption_to_image"]) == 3
 
 

@@ -340,3 +340,31 @@ def test_brief_annotators_leave_each_detail_unsaid_more_often_than_not():
     tm = list(iter_world(resolve_config("truematch-brief"), 30, seed=2))
     assert {it.extra["bag"]["size"] for it in tm} <= {3, 5, 7}
     assert all(not any(f[0] == "size" for f in caption_facts(it.captions[0])) for it in tm)
+
+
+def test_content_caption_states_exactly_the_chosen_content_and_nothing_false():
+    from vlm.world import content_caption
+    from vlm.world.facts import caption_facts, check_fact
+
+    items = list(iter_world(resolve_config("truematch"), 150, seed=3))
+    for it in items:
+        n_groups = len(groups(it.scene))
+        assert content_caption(it.scene) == it.dense_caption.split(". ")[0].rstrip(".") + "."
+        for kw in ({"max_groups": 1, "size": False}, {"max_groups": 2}, {"color": False}, {"exact_counts": False},
+                   {"background": False}):
+            cap = content_caption(it.scene, **kw)
+            facts = caption_facts(cap)
+            assert all(check_fact(f, it.scene) for f in facts), (kw, cap)
+            kinds = Counter(f[0] for f in facts)
+            assert kinds["background"] == (0 if kw.get("background") is False else 1), cap
+            if "max_groups" in kw:  # one exact count per group named (the fact reader merges same-noun groups)
+                assert 1 <= kinds["count"] <= min(kw["max_groups"], n_groups), cap
+                assert cap.count(",") + cap.count(" and ") == min(kw["max_groups"], n_groups) - 1, cap
+            if kw.get("size") is False:
+                assert kinds["size"] == 0, cap
+            if kw.get("color") is False:
+                assert kinds["color"] == 0, cap
+            if kw.get("exact_counts") is False:
+                assert not any(f"{COUNT_WORDS[c]} " in cap.lower() for c in range(3, len(COUNT_WORDS))), cap
+    with pytest.raises(ValueError, match="max_groups must be >= 1"):
+        content_caption(items[0].scene, max_groups=0)

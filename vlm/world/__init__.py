@@ -9,7 +9,8 @@ Example:
 from vlm.world.generate import (EDITS, PRESETS, TIDA_CORRELATIONS, Correlation, WorldConfig, WorldItem,
                                 edit_scene, generate_world, iter_world, resolve_config, sample_bag,
                                 sample_scene)
-from vlm.world.language import dense_caption, fine_grained_captions, human_captions, noun_phrase, questions
+from vlm.world.language import (content_caption, dense_caption, fine_grained_captions, human_captions, noun_phrase,
+                                questions)
 from vlm.world.render import render
 from vlm.world.scene import (BACKGROUNDS, COLORS, COUNT_WORDS, FINE_CLASSES, GENDERS, SHAPES, SIZES,
                              TIDA_COLORS, Scene, Thing, relation, relations)
@@ -17,7 +18,7 @@ from vlm.world.scene import (BACKGROUNDS, COLORS, COUNT_WORDS, FINE_CLASSES, GEN
 __all__ = [
     "BACKGROUNDS", "COLORS", "COUNT_WORDS", "Correlation", "EDITS", "FINE_CLASSES", "GENDERS", "PRESETS",
     "SHAPES", "SIZES", "Scene", "TIDA_COLORS", "TIDA_CORRELATIONS", "Thing", "WorldConfig", "WorldItem",
-    "dense_caption", "edit_scene", "fine_grained_captions", "generate_world", "human_captions", "iter_world",
-    "noun_phrase", "questions", "relation", "relations", "render", "resolve_config", "sample_bag",
+    "content_caption", "dense_caption", "edit_scene", "fine_grained_captions", "generate_world", "human_captions",
+    "iter_world", "noun_phrase", "questions", "relation", "relations", "render", "resolve_config", "sample_bag",
     "sample_scene",
 ]

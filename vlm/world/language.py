@@ -7,6 +7,8 @@ is correct, so skill words in captions can be trusted by TIDA and by the skill-s
   relations between single things. The "dense description" source that Visual Caption Boosting fuses.
 - :func:`human_captions` — several varied captions that, like human annotators, mention the salient
   things and omit details (sizes, some colours, exact counts, the background) at random.
+- :func:`content_caption` — one true sentence with chosen content (how many groups, colours, sizes, exact or
+  vague counts, the background): what a caption that says exactly that would score.
 - :func:`questions` — counting, attribute, spatial, comparison and existence questions with answers.
 """
 
@@ -126,12 +128,41 @@ def dense_caption(scene: Scene, *, max_relations: int = 2) -> str:
         >>> dense_caption(s)
         'A woman in a blue dress and a small red circle on a beach. The small red circle is to the left of the woman in the blue dress.'
     """
-    gs = sorted(groups(scene), key=lambda g: _salience(g[0]))
-    text = capitalise(join([noun_phrase(t, c) for t, c in gs])) + " " + BACKGROUND_PHRASES[scene.background] + "."
+    text = content_caption(scene)
     rels = _single_relations(scene, max_relations)
     if rels:
         text += " " + " ".join(capitalise(r) + "." for r in rels)
     return text
+
+
+def content_caption(scene: Scene, *, max_groups: int | None = None, color: bool = True, size: bool = True,
+                    exact_counts: bool = True, background: bool = True) -> str:
+    """One true sentence about a scene with chosen content: what a caption that says exactly this would be.
+
+    The groups are named in the annotators' order of salience (people first, then larger things), at most
+    ``max_groups`` of them (all by default); ``color``/``size`` say whether each is qualified by its colour / its
+    size; ``exact_counts=False`` makes counts above two vague ("several", "a few", ...; the choice is seeded, so
+    the caption is always the same); ``background`` adds the setting. With the defaults it is the first sentence
+    of :func:`dense_caption`. ``python -m benchmarks sr-headroom`` scores such captions under a judge: which
+    details does the judge reward, and how much would a captioner that said them right gain?
+
+    Example:
+        >>> from vlm.world.scene import Scene, Thing
+        >>> s = Scene("beach", [Thing("shape", "red", "small", 0.2, 0.5, shape="circle"),
+        ...                     Thing("person", "blue", "large", 0.7, 0.5, gender="woman")])
+        >>> content_caption(s, max_groups=1, background=False)
+        'A woman in a blue dress.'
+        >>> content_caption(s, size=False)
+        'A woman in a blue dress and a red circle on a beach.'
+    """
+    if max_groups is not None and max_groups < 1:
+        raise ValueError(f"content_caption: max_groups must be >= 1 or None, got {max_groups}")
+    gs = sorted(groups(scene), key=lambda g: _salience(g[0]))[:max_groups]
+    rng = None if exact_counts else random.Random(0)
+    text = capitalise(join([noun_phrase(t, c, color=color, size=size, exact=exact_counts, rng=rng) for t, c in gs]))
+    if background:
+        text += " " + BACKGROUND_PHRASES[scene.background]
+    return text + "."
 
 
 _OPENERS = ["", "", "", "a picture of ", "an image of ", "there is ", "this is ", "a photo of "]
