@@ -15,7 +15,7 @@ EXPECTED = {
     "02_tida.ipynb": ["->  A man rides his bike.", "written:", '"edited_caption": '],
     "03_train_and_caption.ipynb": ["steps: 120", "'hallucination_rate'", "wrong facts by kind:"],
     "04_self_retrieval.ipynb": ["stages: ['random', 'world']", "stage world: steps 7-16", "R@1/bag5",
-                                "| nn5 |"],
+                                "| nn5 |", "| 2 groups, colour |"],
 }
 
 
