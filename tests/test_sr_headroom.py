@@ -154,22 +154,28 @@ def test_cli_help_names_the_rules(capsys):
     assert all(w in out for w in ("clip_s", "nn{K}", "--k-nn", "--world", "--retriever"))
 
 
-def test_cli_scores_a_saved_captioner_and_writes_json(world, tmp_path, capsys):
-    import json
-
+def _run_cli(world_dir, tmp_path, keys, dense, *, n):
+    """``python -m benchmarks sr-headroom`` on a tiny saved captioner under the caption judge; the JSON's path."""
     from vlm.models import create_captioner
     from vlm.retrieval import _FACTORIES, register_retriever
 
-    root, data, keys, dense = world
     model = create_captioner("prefix-tiny", train_texts=dense * 2, vocab_size=300, seed=0)
     model.save_pretrained(tmp_path / "cap")
     register_retriever("judge", lambda rest, device="cpu": CaptionJudge(dict(zip(keys, dense))))
     try:
         out = tmp_path / "headroom.json"
-        assert main(["--model", str(tmp_path / "cap"), "--world", str(root), "--retriever", "judge:x", "--n", "3",
-                     "--k-random", "4", "--k-nn", "2", "--out", str(out), "--quiet"]) == 0
+        assert main(["--model", str(tmp_path / "cap"), "--world", str(world_dir), "--retriever", "judge:x", "--n",
+                     str(n), "--k-random", "4", "--k-nn", "2", "--out", str(out), "--quiet"]) == 0
     finally:
         _FACTORIES.pop("judge", None)
+    return out
+
+
+def test_cli_scores_a_saved_captioner_and_writes_json(world, tmp_path, capsys):
+    import json
+
+    root, data, keys, dense = world
+    out = _run_cli(root, tmp_path, keys, dense, n=3)
     scores = json.loads(out.read_text())["scores"]
     assert list(scores) == ["beam", "sample", "clip_s", "rd4", "nn2", "bag"]
     for row in scores.values():  # the real path: a saved captioner sampled, scored and written per rule
@@ -188,24 +194,13 @@ def test_cli_says_up_front_why_there_is_no_sight_table(world, tmp_path, capsys):
     import json
     import shutil
 
-    from vlm.models import create_captioner
-    from vlm.retrieval import _FACTORIES, register_retriever
-
     root, data, keys, dense = world
     bare = tmp_path / "bare"
     shutil.copytree(root, bare)
     rows = [json.loads(line) for line in (bare / "metadata.jsonl").read_text().splitlines() if line.strip()]
     (bare / "metadata.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "dense_caption"})
                                                  + "\n" for r in rows))
-    model = create_captioner("prefix-tiny", train_texts=dense * 2, vocab_size=300, seed=0)
-    model.save_pretrained(tmp_path / "cap")
-    register_retriever("judge", lambda rest, device="cpu": CaptionJudge(dict(zip(keys, dense))))
-    try:
-        out = tmp_path / "headroom.json"
-        assert main(["--model", str(tmp_path / "cap"), "--world", str(bare), "--retriever", "judge:x", "--n", "2",
-                     "--k-random", "4", "--k-nn", "2", "--out", str(out), "--quiet"]) == 0
-    finally:
-        _FACTORIES.pop("judge", None)
+    out = _run_cli(bare, tmp_path, keys, dense, n=2)
     captured = capsys.readouterr()
     assert f"no sight table ({bare}: records without 'dense_caption' (exact captions))" in captured.err
     assert "(no sight table:" in captured.out
