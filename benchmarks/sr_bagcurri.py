@@ -16,7 +16,9 @@
 
 The table (mean and spread over seeds), R@1 per kind of edit between bag members (which details each model's
 captions tell apart), hallucination per kind of fact and the acceptance checks are written to
-``OUT/sr_bagcurri.md`` and ``.json``; the run is seeded end to end.
+``OUT/sr_bagcurri.md`` and ``.json``, and a figure to ``OUT/sr_bagcurri.png`` (:func:`plot_sr_bagcurri`: R@1 on
+bags of 5 against hallucination for every model and seed, with the acceptance region drawn, and each SR run's
+R@1 on its training world's bags as it trains); the run is seeded end to end.
 """
 
 from __future__ import annotations
@@ -201,7 +203,92 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
               "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall}
     (out / "sr_bagcurri.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "sr_bagcurri.md").write_text(markdown_table(result) + "\n")
+    plot_sr_bagcurri(result, out / "sr_bagcurri.png", runs_dir=out)
     return result
+
+
+NAMES = {"mle": "MLE", "sr-random": "SR, random distractors", "sr-bagcurri": "SR + BagCurri"}
+COLOURS = {"mle": "tab:gray", "sr-random": "tab:blue", "sr-bagcurri": "tab:orange"}
+
+
+def plot_sr_bagcurri(result: dict, path: str | Path, *, runs_dir: str | Path | None = None) -> Path:
+    """The comparison at a glance, as a PNG at ``path``.
+
+    Left: R@1 on bags of 5 against the hallucination rate, one point per model and seed (``result["per_seed"]``),
+    the acceptance region shaded (at least +10 points of R@1 over the MLE captioner with at most +2 points of
+    hallucination) and the "+3 over random distractors" level dashed. Right (when ``runs_dir`` holds the SR runs'
+    ``metrics.jsonl`` with evaluations): each run's R@1 on bags of 5 of its training world's validation split as
+    it trains, BagCurri's stage boundaries dotted.
+
+    Example:
+        >>> import tempfile
+        >>> row = lambda r, h: {"R@1/bag5": r, "hallucination_rate": h}
+        >>> res = {"per_seed": {"mle": [row(0.6, 0.04)], "sr-random": [row(0.65, 0.06)],
+        ...                     "sr-bagcurri": [row(0.66, 0.05)]}}
+        >>> plot_sr_bagcurri(res, Path(tempfile.mkdtemp()) / "f.png").stat().st_size > 0
+        True
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_seed = result["per_seed"]
+    curves: dict[str, list[tuple[list[int], list[float]]]] = {}
+    bounds: list[tuple[int, str]] = []
+    if runs_dir is not None:
+        for variant in VARIANTS:
+            for metrics in sorted(Path(runs_dir).glob(f"{variant}-s*/metrics.jsonl")):
+                rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+                evals = [(r["step"], r["eval"]["R@1/bag5"]) for r in rows if r.get("eval", {}).get("R@1/bag5")]
+                if evals:
+                    curves.setdefault(variant, []).append(([s for s, _ in evals], [v for _, v in evals]))
+                if variant == "sr-bagcurri" and not bounds:
+                    last = None
+                    for r in rows:
+                        if "stage" in r and r["stage"] != last:
+                            bounds.append((r["step"], r["stage"]))
+                            last = r["stage"]
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(11 if curves else 5.5, 4.2), squeeze=False)
+    ax = axes[0][0]
+    mle = per_seed["mle"][0]
+    r0, h0 = 100 * mle["R@1/bag5"], 100 * mle["hallucination_rate"]
+    points = [(100 * r["hallucination_rate"], 100 * r["R@1/bag5"]) for rows in per_seed.values() for r in rows]
+    top = max(max(y for _, y in points), r0 + 10) + 3
+    left, right = min(x for x, _ in points) - 1, max(max(x for x, _ in points), h0 + 2) + 1
+    ax.fill_between([left, h0 + 2], r0 + 10, top, color="tab:green", alpha=0.12,
+                    label="acceptance: >= +10 R@1, <= +2 hallucination")
+    if per_seed.get("sr-random"):
+        rnd = statistics.mean(100 * r["R@1/bag5"] for r in per_seed["sr-random"])
+        ax.axhline(rnd + 3, color="tab:blue", linestyle="--", linewidth=0.8, label="+3 over random (mean)")
+    for name, rows in per_seed.items():
+        ax.scatter([100 * r["hallucination_rate"] for r in rows], [100 * r["R@1/bag5"] for r in rows], s=40,
+                   color=COLOURS.get(name), label=NAMES.get(name, name), zorder=3)
+    ax.set_xlim(left, right)
+    ax.set_ylim(min(y for _, y in points) - 3, top)
+    ax.set_xlabel("hallucination rate (%)")
+    ax.set_ylabel("TrueMatch R@1, bags of 5 (%)")
+    ax.set_title("Discrimination against faithfulness")
+    ax.legend(fontsize=7, loc="lower right")
+    if curves:
+        ax = axes[0][1]
+        for variant, runs in curves.items():
+            for k, (steps, values) in enumerate(runs):
+                ax.plot(steps, [100 * v for v in values], marker="o", color=COLOURS[variant], alpha=0.8,
+                        label=NAMES[variant] if k == 0 else None)
+        for step, stage in bounds[1:]:
+            ax.axvline(step - 0.5, color="tab:orange", linestyle=":", linewidth=0.8)
+            ax.text(step, ax.get_ylim()[1], stage, fontsize=7, rotation=90, va="top", color="tab:orange")
+        ax.set_xlabel("SR step")
+        ax.set_ylabel("R@1, bags of 5 of the training world's val split (%)")
+        ax.set_title("While training (every seed)")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def markdown_table(result: dict) -> str:
@@ -209,7 +296,7 @@ def markdown_table(result: dict) -> str:
     cols = ["R@1/bag3", "R@1/bag5", "R@1/bag7", "CIDEr", "hallucination_rate", "mean_length_words", "vocabulary"]
     head = "| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
     rows = []
-    names = {"mle": "MLE", "sr-random": "SR, random distractors", "sr-bagcurri": "SR + BagCurri"}
+    names = NAMES
     for k, v in result["table"].items():
         cells = []
         for c in cols:

@@ -84,6 +84,7 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         assert "none" in result["by_edit"]["mle"] and len({tuple(v) for v in result["by_edit"].values()}) == 1
         assert all(0 <= m <= 1 for v in result["by_edit"].values() for m, _ in v.values())
         assert "| MLE | " in (tmp_path / "out" / "sr_bagcurri.md").read_text().split("bags of every size:")[1]
+        assert (tmp_path / "out" / "sr_bagcurri.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # per kind of fact on the MLE test split (a 1-epoch tiny model may state none): the kinds add up
         assert set(result["facts_by_kind"]) == {"mle", "sr-random", "sr-bagcurri"}
         for name, kinds in result["facts_by_kind"].items():
@@ -169,3 +170,24 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
         assert create_captioner(str(tmp_path / "over" / "mle" / "final")).config.prefix_length == 3
     finally:
         _FACTORIES.pop("palette", None)
+
+
+def test_the_figure_adds_training_curves_when_the_runs_logged_evaluations(tmp_path):
+    from PIL import Image
+
+    from benchmarks.sr_bagcurri import plot_sr_bagcurri
+
+    def row(r, h):
+        return {"R@1/bag5": r, "hallucination_rate": h}
+
+    result = {"per_seed": {"mle": [row(0.60, 0.04)], "sr-random": [row(0.65, 0.06), row(0.66, 0.061)],
+                           "sr-bagcurri": [row(0.66, 0.05), row(0.64, 0.052)]}}
+    alone = Image.open(plot_sr_bagcurri(result, tmp_path / "alone.png", runs_dir=tmp_path / "none")).size
+    for variant in ("sr-random", "sr-bagcurri"):
+        run_dir = tmp_path / "runs" / f"{variant}-s0"
+        run_dir.mkdir(parents=True)
+        lines = [{"step": 0, "eval": {"R@1/bag5": 0.5}}, {"step": 1, "stage": "random", "reward": 0.1},
+                 {"step": 2, "stage": "hard5", "reward": 0.2}, {"step": 2, "eval": {"R@1/bag5": 0.6}}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    both = Image.open(plot_sr_bagcurri(result, tmp_path / "both.png", runs_dir=tmp_path / "runs")).size
+    assert alone[1] == both[1] and both[0] == 2 * alone[0]  # a second panel, as wide as the first
