@@ -991,8 +991,10 @@ def ensure_default_retriever(cache: str | os.PathLike | None = None, *, progress
     exist, this generates the training worlds (:data:`DEFAULT_WORLDS`, seed 0), trains with
     :func:`default_train_config`, and moves the model into place atomically. The work folder next to it keeps
     the worlds and checkpoints until then, so a killed first call resumes. Concurrent callers wait for one
-    another (a file lock). Later calls only check that the folder exists. ``name="lit-world-v2"`` or
-    ``"lit-world-v3"`` does the same with that recipe (:func:`retriever_recipe`; about 17 min the first time).
+    another (a file lock). Later calls only check that the folder exists. ``name="lit-world-v2"``, ``"lit-world-v3"``
+    or ``"lit-world-v4"`` does the same with that recipe (:func:`retriever_recipe`; about 17 min or more the first
+    time). The worlds are deleted once the model is in place: each recipe renders its own (a 12,000-image world
+    takes 93 MB, so v2's 30,000 images about 230 MB), and a trained model never needs them again.
 
     Load it with ``LiTRetriever.from_pretrained(ensure_default_retriever())`` or
     ``vlm.retrieval.load_retriever("finecap:lit")``.
