@@ -172,6 +172,43 @@ def test_bag_sampler_draws_each_stage_reproducibly():
         s.sample(Stage("hard", bag_size=3, threshold=1.5), batch=2, step=0)
 
 
+def test_a_world_stage_with_edits_anchors_only_the_members_made_by_them():
+    edits = [[], ["size"], ["color"], [], ["count", "size"], ["color"], ["move"], ["size"]]
+    s = BagSampler(n_images=8, world_bags=[[0, 1, 2], [3, 4, 5, 6, 7]], world_edits=edits, seed=0)
+    stage = Curriculum.from_list([{"source": "world", "edits": ["size"], "steps": 1}]).stages[0]
+    assert stage.edits == ("size",) and stage.describe() == "world[size]"
+    anchors, cands = s.sample(stage, batch=30, step=0)
+    assert set(anchors) == {1, 4, 7}  # every size-edited member, and only those
+    bag_of = {a: [0, 1, 2] if a < 3 else [3, 4, 5, 6, 7] for a in range(8)}
+    assert all(c[0] == a and sorted(c) == bag_of[a] for a, c in zip(anchors, cands))
+    assert s.sample(stage, batch=30, step=0) == (anchors, cands)  # seeded by (seed, step)
+    two = Stage("world", edits=("color", "move"))
+    assert set(s.sample(two, batch=30, step=1)[0]) == {2, 5, 6}
+    assert set(s.sample(Stage("world", bag_size=3, edits="color"), batch=10, step=0)[0]) == {2}
+    with pytest.raises(ValueError, match="no bag member of the data was made by \\['gender'\\]"):
+        s.sample(Stage("world", edits=("gender",)), batch=2, step=0)
+    with pytest.raises(ValueError, match="needs each image's edits"):
+        BagSampler(n_images=8, world_bags=[[0, 1, 2]]).sample(stage, batch=2, step=0)
+    with pytest.raises(ValueError, match="edits are for world stages"):
+        Stage("hard", bag_size=3, edits=("size",))
+    with pytest.raises(ValueError, match="give one or the other"):
+        Stage("world", whole_bags=True, edits=("size",))
+    with pytest.raises(ValueError, match=r"unknown edits \['colour'\]"):
+        Stage("world", edits=("colour",))
+
+
+def test_world_edits_of_reads_each_member_edits(tmp_path):
+    from vlm.data import read_imagefolder
+    from vlm.train.sr import world_bags_of, world_edits_of
+    from vlm.world import EDITS, generate_world
+
+    ds = read_imagefolder(generate_world(tmp_path / "w", n=8, seed=0, preset="truematch", image_size=32))
+    edits = world_edits_of(ds)
+    for bag in world_bags_of(ds):  # the first member is the base; every other one was made by 1-2 edits
+        assert edits[bag[0]] == [] and all(1 <= len(edits[i]) <= 2 and set(edits[i]) <= set(EDITS)
+                                           for i in bag[1:])
+
+
 # ---- the training loop on a toy problem -------------------------------------------------------------------
 
 PALETTE = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 220, 30)}

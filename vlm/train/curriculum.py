@@ -8,7 +8,9 @@ A *stage* says where a sampled caption's distractors come from and for how long:
 * ``hard``: the target plus its ``bag_size - 1`` nearest neighbours, kept only where all of them are at
   least ``threshold`` similar (near-duplicates);
 * ``world``: the built-in world's own near-duplicate bags (records with a ``bag`` field): one random member of
-  each drawn bag, or with ``whole_bags`` every member of each, so near-duplicates share a batch.
+  each drawn bag, or with ``whole_bags`` every member of each, so near-duplicates share a batch; with ``edits``
+  (say ``[size]``), only members made by one of those edits are anchors, against the rest of their bag: a stage
+  that trains one skill, where what tells the anchor from its bag is that detail.
 
 A curriculum is a list of stages, each lasting ``steps`` optimizer steps (or ``epochs`` passes, resolved
 to steps by the trainer). :data:`DEFAULT_BAGCURRI` is random -> easy bags -> hard bags of size 3 -> 5 -> 10.
@@ -57,8 +59,24 @@ class Stage:
     whole_bags: bool = False
     """``world``: fill the batch with complete bags, every member an anchor against the rest of its bag, so the
     captions of near-duplicates are rewarded side by side (default: one random member per drawn bag)."""
+    edits: tuple[str, ...] = ()
+    """``world``: anchor only bag members made by one of these edits (``vlm.world.EDITS``: colour, count, size,
+    move, background, gender), each against the rest of its bag (empty: any member)."""
 
     def __post_init__(self):
+        if isinstance(self.edits, (list, str)):  # from YAML: a list, or one name
+            object.__setattr__(self, "edits", tuple([self.edits] if isinstance(self.edits, str) else self.edits))
+        if self.edits:
+            from vlm.world import EDITS
+
+            if self.source != "world":
+                raise ValueError(f"curriculum stage {self.source!r}: edits are for world stages")
+            if self.whole_bags:
+                raise ValueError("curriculum stage world: edits pick anchors, whole_bags takes every member; "
+                                 "give one or the other")
+            unknown = sorted(set(self.edits) - set(EDITS))
+            if unknown:
+                raise ValueError(f"curriculum stage world: unknown edits {unknown}; choose from {list(EDITS)}")
         if self.source not in SOURCES:
             raise ValueError(f"curriculum stage: unknown source {self.source!r}; choose from {SOURCES}")
         if self.source in ("easy", "hard") and self.bag_size < 2:
@@ -69,7 +87,8 @@ class Stage:
             raise ValueError("curriculum stage: give steps or epochs (>= 0), not both")
 
     def describe(self) -> str:
-        return self.source if self.source == "random" else f"{self.source}{self.bag_size or ''}"
+        name = self.source if self.source == "random" else f"{self.source}{self.bag_size or ''}"
+        return name + (f"[{'+'.join(self.edits)}]" if self.edits else "")
 
 
 @dataclass
@@ -184,6 +203,8 @@ class BagSampler:
         neighbours: ``(N, K)`` neighbour indices from :func:`mine_neighbours` (needed by easy/hard stages).
         similarities: ``(N, K)`` their cosine similarities.
         world_bags: lists of dataset indices forming the world's bags (needed by the ``world`` stage).
+        world_edits: each dataset index's edits from its bag's first image (``record.extra["bag"]["edits"]``;
+            needed by ``world`` stages with ``edits``).
         seed: the sampler's seed; draws depend only on (seed, step), so a resumed run sees the same bags.
 
     Example:
@@ -195,12 +216,14 @@ class BagSampler:
     """
 
     def __init__(self, neighbours: torch.Tensor | None = None, similarities: torch.Tensor | None = None, *,
-                 n_images: int | None = None, world_bags: Sequence[Sequence[int]] = (), seed: int = 0):
+                 n_images: int | None = None, world_bags: Sequence[Sequence[int]] = (),
+                 world_edits: Sequence[Sequence[str]] | None = None, seed: int = 0):
         self.neighbours, self.similarities = neighbours, similarities
         self.n = n_images if n_images is not None else (len(neighbours) if neighbours is not None else 0)
         if self.n == 0:
             raise ValueError("BagSampler needs neighbours or n_images")
         self.world_bags = [list(b) for b in world_bags]
+        self.world_edits = [list(e) for e in world_edits] if world_edits is not None else None
         self.seed = seed
 
     def eligible(self, stage: Stage) -> torch.Tensor:
@@ -235,6 +258,16 @@ class BagSampler:
                     if len(anchors) >= batch:
                         break
                 return anchors, cands
+            if stage.edits:  # members made by one of the stage's edits, drawn at random, against their bag
+                if self.world_edits is None:
+                    raise ValueError(f"stage {stage.describe()} needs each image's edits (world_edits)")
+                pool = [(a, bag) for bag in bags for a in bag if set(self.world_edits[a]) & set(stage.edits)]
+                if not pool:
+                    raise ValueError(f"stage {stage.describe()}: no bag member of the data was made by "
+                                     f"{list(stage.edits)}")
+                picks = torch.randint(len(pool), (batch,), generator=g).tolist()
+                return ([pool[p][0] for p in picks],
+                        [[pool[p][0]] + [x for x in pool[p][1] if x != pool[p][0]] for p in picks])
             for p in torch.randint(len(bags), (batch,), generator=g).tolist():
                 bag = bags[p]
                 a = bag[int(torch.randint(len(bag), (1,), generator=g))]

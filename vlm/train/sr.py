@@ -127,6 +127,15 @@ def world_bags_of(ds) -> list[list[int]]:
     return complete_bags(ds)
 
 
+def world_edits_of(ds) -> list[list[str]]:
+    """Each record's edits from its bag's first image (``extra["bag"]["edits"]``; empty where none)."""
+    out = []
+    for i in range(len(ds)):
+        bag = ds[i].extra.get("bag")
+        out.append(list(bag.get("edits") or []) if isinstance(bag, dict) else [])
+    return out
+
+
 def bag_recall(text_emb: torch.Tensor, image_emb: torch.Tensor, bags: list[list[int]]) -> dict[str, float]:
     """R@1 of each bag member's caption among its bag (ties shared), per bag size: ``{"R@1/bag5": ...}``."""
     from vlm.rewards import recall_reward
@@ -200,7 +209,8 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
         key = f"{retriever.name}|{getattr(retriever, 'fingerprint', '')}|" + "|".join(
             file_identity(train_ds.path(i)) for i in range(len(train_ds)))
         nb, sims = mine_neighbours(img_emb, cfg.neighbours, cache_key=key)
-    sampler = BagSampler(nb, sims, n_images=len(train_ds), world_bags=world_bags_of(train_ds), seed=cfg.seed)
+    sampler = BagSampler(nb, sims, n_images=len(train_ds), world_bags=world_bags_of(train_ds),
+                         world_edits=world_edits_of(train_ds), seed=cfg.seed)
     eval_bags = world_bags_of(eval_ds) if eval_feats is not None else []
 
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -345,4 +355,4 @@ def evaluate_policy(model, ds, feats, img_emb, bags, retriever, cfg: SRConfig) -
     return out
 
 
-__all__ = ["SRConfig", "bag_recall", "evaluate_policy", "train_sr", "world_bags_of"]
+__all__ = ["SRConfig", "bag_recall", "evaluate_policy", "train_sr", "world_bags_of", "world_edits_of"]
