@@ -325,3 +325,17 @@ def test_sr_config_errors_name_the_problem(toy):
         SRConfig(baseline="loo", n_samples=1)
     with pytest.raises(ValueError, match="stage 1: unknown keys"):
         SRConfig(curriculum=[{"source": "random", "steps": 1}, {"source": "hard", "bagsize": 3}])
+
+
+def test_a_stage_the_data_cannot_serve_fails_before_training(toy):
+    """The toy bags record no edits: a world stage on size edits is refused before the first step."""
+    from vlm.train.sr import train_sr
+
+    cfg = _sr_cfg(toy, "no-edits", curriculum=[{"source": "random", "steps": 2},
+                                               {"source": "world", "edits": ["size"], "steps": 2}])
+    with pytest.raises(ValueError, match=r"curriculum stage 1 \(world\[size\]\): .*no bag member of the data was "
+                                         r"made by \['size'\]"):
+        train_sr(cfg)
+    assert not (toy / "no-edits" / "metrics.jsonl").exists()  # nothing trained, nothing logged
+    with pytest.raises(ValueError, match=r"curriculum stage 0 \(world7\): .*no world bags of that size"):
+        train_sr(_sr_cfg(toy, "no-sevens", curriculum=[{"source": "world", "bag_size": 7, "steps": 2}]))

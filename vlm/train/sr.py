@@ -211,6 +211,11 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
         nb, sims = mine_neighbours(img_emb, cfg.neighbours, cache_key=key)
     sampler = BagSampler(nb, sims, n_images=len(train_ds), world_bags=world_bags_of(train_ds),
                          world_edits=world_edits_of(train_ds), seed=cfg.seed)
+    for k, st in enumerate(curriculum.stages):  # a stage the data cannot serve fails now, not steps later
+        try:
+            sampler.sample(st, 1, 0)
+        except ValueError as e:
+            raise ValueError(f"{cfg.train_data}: curriculum stage {k} ({st.describe()}): {e}") from None
     eval_bags = world_bags_of(eval_ds) if eval_feats is not None else []
 
     params = [p for p in policy.parameters() if p.requires_grad]
