@@ -103,7 +103,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     if {"model", "out_dir"} & set(pretrain_set):
         raise ValueError("pretrain_set: model and out_dir are set by the comparison itself (use --model, --out)")
     if "curriculum" in sr_set:
-        raise ValueError("sr_set: the curriculum is what the comparison varies; edit vlm/configs/sr-bagcurri.yaml")
+        raise ValueError("sr_set: the curriculum is what the comparison varies; give another BagCurri config "
+                         "(--bagcurri-config, sr_configs)")
     fixed = sorted(set(sr_set) & {"init_model", "train_data", "seed", "out_dir", "retriever", "progress"})
     if fixed:
         raise ValueError(f"sr_set: {fixed} are set by the comparison itself (use --retriever, --seeds, --out)")
@@ -346,15 +347,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="run an MLE pretraining stage first, the recipe with these fields (e.g. "
                         "world_preset=captioning world_seed=7), and fine-tune the MLE stage from it")
+    p.add_argument("--bagcurri-config", default=str(CONFIGS / "sr-bagcurri.yaml"),
+                   help="the curriculum arm's SR YAML (default vlm/configs/sr-bagcurri.yaml): any custom schedule, "
+                        "e.g. with {source: world, edits: [size]} stages")
+    p.add_argument("--random-config", default=str(CONFIGS / "sr-random.yaml"),
+                   help="the random-distractor arm's SR YAML (default vlm/configs/sr-random.yaml)")
     p.add_argument("--eval-world-n", type=int, default=1500, help="images of the held-out TrueMatch world")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    for flag, path in (("--bagcurri-config", args.bagcurri_config), ("--random-config", args.random_config)):
+        if not Path(path).is_file():
+            p.error(f"{flag}: no such file: {path}")
     from vlm.train.mle import parse_overrides
 
     result = run(Path(args.out), args.seeds, mle_config=args.mle_config, model=args.model, retriever=args.retriever,
                  mle_set=parse_overrides(args.mle_set, option="--mle-set"),
                  sr_set=parse_overrides(args.sr_set, option="--sr-set"), eval_world_n=args.eval_world_n,
-                 pretrain_set=parse_overrides(args.pretrain_set, option="--pretrain-set"), progress=not args.quiet)
+                 pretrain_set=parse_overrides(args.pretrain_set, option="--pretrain-set"),
+                 sr_configs={"sr-random": Path(args.random_config), "sr-bagcurri": Path(args.bagcurri_config)},
+                 progress=not args.quiet)
     print(markdown_table(result))
     print(json.dumps(result["checks"], indent=2))
     return 0

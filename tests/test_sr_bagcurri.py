@@ -44,7 +44,27 @@ def test_cli_lists_the_new_options(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(o in out for o in ("--retriever", "--model", "--mle-config", "--sr-set", "--mle-set", "--eval-world-n",
-                                 "--pretrain-set"))
+                                 "--pretrain-set", "--bagcurri-config", "--random-config"))
+
+
+def test_cli_passes_the_arm_configs_and_refuses_a_missing_one(tmp_path, capsys, monkeypatch):
+    import benchmarks.sr_bagcurri as sb
+
+    with pytest.raises(SystemExit):
+        main(["--bagcurri-config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")])
+    assert f"--bagcurri-config: no such file: {tmp_path / 'nope.yaml'}" in capsys.readouterr().err
+    seen = {}
+
+    def fake_run(out, seeds, **kw):  # what the command line hands the comparison
+        seen.update(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(sb, "run", fake_run)
+    mine = tmp_path / "skills.yaml"
+    mine.write_text("method: sr\n")
+    with pytest.raises(SystemExit):
+        main(["--bagcurri-config", str(mine), "--out", str(tmp_path / "o")])
+    assert seen["sr_configs"] == {"sr-random": sb.CONFIGS / "sr-random.yaml", "sr-bagcurri": mine}
 
 
 def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
