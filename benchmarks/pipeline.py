@@ -115,9 +115,9 @@ def _plot(ds, report: dict, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_title(f"Caption -> image retrieval among {r['n_test']} test images", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from benchmarks.report import save_figure
+
+    save_figure(fig, path, dpi=110)
 
 
 def _wrap(text: str, width: int) -> list[str]:

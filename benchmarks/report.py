@@ -143,3 +143,23 @@ def write_results(out_dir: str | Path, name: str, results: dict, *, config: dict
     md_path = out / f"{name}.md"
     _atomic_text(md_path, "\n".join(md))
     return {"json": json_path, "markdown": md_path}
+
+
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110) -> Path:
+    """Lay out a Matplotlib figure, write it to ``path`` (folders made as needed), close it; the path.
+
+    Example:
+        >>> import tempfile, matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import matplotlib.pyplot as plt
+        >>> save_figure(plt.figure(), Path(tempfile.mkdtemp()) / "a" / "f.png").is_file()
+        True
+    """
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

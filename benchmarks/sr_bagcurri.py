@@ -284,12 +284,9 @@ def plot_sr_bagcurri(result: dict, path: str | Path, *, runs_dir: str | Path | N
         ax.set_ylabel("R@1, bags of 5 of the training world's val split (%)")
         ax.set_title("While training (every seed)")
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from benchmarks.report import save_figure
+
+    return save_figure(fig, path, dpi=110)
 
 
 def markdown_table(result: dict) -> str:

@@ -875,12 +875,9 @@ def plot_truematch(metrics: Mapping[str, float | None], counts: Mapping[str, int
     ax.set_title("TrueMatch: caption retrieves its image")
     if bars:
         ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from benchmarks.report import save_figure
+
+    return save_figure(fig, path, dpi=120)
 
 
 # ---------------------------------------------------------------------------------------------- the job

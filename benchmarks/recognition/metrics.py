@@ -114,9 +114,6 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], class_names:
     if title:
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from benchmarks.report import save_figure
+
+    return save_figure(fig, path, dpi=100)
