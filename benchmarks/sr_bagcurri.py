@@ -294,7 +294,6 @@ def markdown_table(result: dict) -> str:
     cols = ["R@1/bag3", "R@1/bag5", "R@1/bag7", "CIDEr", "hallucination_rate", "mean_length_words", "vocabulary"]
     head = "| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
     rows = []
-    names = NAMES
     for k, v in result["table"].items():
         cells = []
         for c in cols:
@@ -302,7 +301,7 @@ def markdown_table(result: dict) -> str:
             pct = c.startswith("R@1") or c == "hallucination_rate"
             cells.append(f"{100 * m:.1f} ± {100 * s:.1f}" if pct else f"{m:.3f} ± {s:.3f}" if c == "CIDEr"
                          else f"{m:.1f} ± {s:.1f}")
-        rows.append(f"| {names.get(k, k)} | " + " | ".join(cells) + " |")
+        rows.append(f"| {NAMES.get(k, k)} | " + " | ".join(cells) + " |")
     text = head + "\n".join(rows) + f"\n\nseeds {result['seeds']}; wall time {result['wall_time_s']:.0f} s"
     by_edit = result.get("by_edit") or {}
     if by_edit.get("mle"):  # single edits only, in the MLE's order (most members first)
@@ -310,7 +309,7 @@ def markdown_table(result: dict) -> str:
         text += ("\n\nR@1 (%) by the edit that made a bag member from its bag's first image (\"none\": the first "
                  "image), bags of every size:\n\n| model | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds))
         for k, v in by_edit.items():
-            text += f"\n| {names.get(k, k)} | " + " | ".join(f"{100 * v[c][0]:.1f}" if c in v else "-"
+            text += f"\n| {NAMES.get(k, k)} | " + " | ".join(f"{100 * v[c][0]:.1f}" if c in v else "-"
                                                            for c in kinds) + " |"
     facts = result.get("facts_by_kind") or {}
     if facts:
@@ -321,7 +320,7 @@ def markdown_table(result: dict) -> str:
                  "are wrong (facts of that kind per caption):\n\n| model | " + " | ".join(kinds) + " |\n|---|"
                  + "---|" * len(kinds))
         for k, v in facts.items():
-            text += f"\n| {names.get(k, k)} | " + " | ".join(
+            text += f"\n| {NAMES.get(k, k)} | " + " | ".join(
                 f"{100 * v[c]['hallucination_rate'][0]:.1f} ({v[c]['per_caption'][0]:.2f})" if c in v else "-"
                 for c in kinds) + " |"
     return text

@@ -39,6 +39,20 @@ def test_table_rows_are_percent_for_recall_and_hallucination():
                     "| SR + BagCurri | 45.0 | 62.5 |"]
 
 
+def test_the_shipped_sr_arms_differ_only_in_their_curriculum():
+    """The comparison's arms are copies of one config: reward, baseline, regularisers and steps must stay equal."""
+    import yaml
+
+    from benchmarks.sr_bagcurri import CONFIGS
+
+    base = yaml.safe_load((CONFIGS / "sr-bagcurri.yaml").read_text())
+    for name in ("sr-random.yaml", "sr-bagcurri-skills.yaml"):
+        other = yaml.safe_load((CONFIGS / name).read_text())
+        differ = {k for k in set(base) | set(other) if base.get(k) != other.get(k)}
+        assert differ == {"curriculum", "out_dir"}, name
+        assert sum(st["steps"] for st in other["curriculum"]) == sum(st["steps"] for st in base["curriculum"]) == 150
+
+
 def test_cli_lists_the_new_options(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
