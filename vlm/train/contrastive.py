@@ -919,8 +919,9 @@ def v4_train_config() -> LiTTrainConfig:
     """The recipe of ``lit-world-v4`` (``finecap:lit-v4``): v3's, with the scene-graph attribute loss
     (:attr:`LiTTrainConfig.attribute_weight`): the embeddings of an image and of its dense caption must each give
     the count of every (thing, colour, size) slot and the background by a shared linear read-out. Same worlds
-    as v2 (:data:`V2_WORLDS`). Measured (held-out worlds of seed 1000, see the README's retriever section):
-    truematch R@1 0.784 (bags of 3 / 5 / 7: 0.811 / 0.800 / 0.760; v3 0.709), RD100 0.994 dense / 0.833 human.
+    as v2 (:data:`V2_WORLDS`). Measured (held-out worlds of seed 1000; docs/sr-experiments.md, "A judge taught the
+    scene graph"): truematch R@1 0.784 (bags of 3 / 5 / 7: 0.811 / 0.800 / 0.760; v3 0.709), RD100 0.994 dense /
+    0.833 human.
 
     Example:
         >>> v4_train_config().attribute_weight
