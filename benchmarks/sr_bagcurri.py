@@ -36,9 +36,9 @@ VARIANTS = ("sr-random", "sr-bagcurri")
 
 
 def _load_yaml(path: Path) -> dict:
-    import yaml
+    from vlm.train.mle import load_config_file
 
-    return yaml.safe_load(path.read_text())
+    return load_config_file(path)  # 'base:' resolved, so the saved settings hold every field
 
 
 def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world: Path, retriever: Any,

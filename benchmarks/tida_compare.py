@@ -122,13 +122,15 @@ class TIDACompareConfig:
         """What the stored stages depend on: a rerun into the same folder must have the same."""
         import yaml
 
+        from vlm.train.mle import load_config_file
+
         d = dataclasses.asdict(self)
         for k in ("out", "seeds", "progress", "mle_config"):
             d.pop(k)
         if not self.verify:  # thresholds and retriever change nothing then
             d.pop("margin")
             d.pop("retriever")
-        d["mle_recipe"] = yaml.safe_load(Path(self.mle_config).read_text())  # the recipe itself, not its path
+        d["mle_recipe"] = load_config_file(self.mle_config)  # the recipe itself ('base:' resolved), not its path
         d["skill_files"] = [yaml.safe_load(Path(f).read_text()) for f in self.skill_files]  # likewise
         return d
 

@@ -91,16 +91,50 @@ def test_shipped_configs_load():
     for c in configs:
         first = c.read_text().splitlines()[0]
         assert first.startswith("# python -m vlm train --config"), c  # each config says how to run it
-        import yaml
-
+        from vlm.train.mle import load_config_file
         from vlm.train.sr import SRConfig
 
-        raw = yaml.safe_load(c.read_text())
+        raw = load_config_file(c)
         if raw.get("method") == "sr":
             SRConfig.from_dict(raw, source=str(c))
         else:
             MLEConfig.from_yaml(c)
     assert {"sr-bagcurri.yaml", "sr-random.yaml"} <= {c.name for c in configs}
+
+
+def test_config_base_key_inherits_and_names_bad_files(tmp_path, capsys):
+    from vlm.train.mle import load_config_file, main
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("model: prefix-tiny\nlr: 0.001\ncurriculum: [1, 2]\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nlr: 0.002\ncurriculum: [3]\n")
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\nepochs: 2\n")
+    # relative to each file; the file's own fields replace the base's whole (lists too)
+    assert load_config_file(tmp_path / "c.yaml") == {"model": "prefix-tiny", "lr": 0.002, "curriculum": [3],
+                                                      "epochs": 2}
+    (tmp_path / "d.yaml").write_text("base: e.yaml\n")
+    (tmp_path / "e.yaml").write_text("base: d.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_config_file(tmp_path / "d.yaml")
+    (tmp_path / "f.yaml").write_text("base: nope.yaml\nlr: 1\n")
+    with pytest.raises(FileNotFoundError, match=r"nope.yaml: no such config file \(the base of .*f.yaml\)"):
+        load_config_file(tmp_path / "f.yaml")
+    (tmp_path / "g.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="g.yaml: expected a mapping"):
+        load_config_file(tmp_path / "g.yaml")
+    (tmp_path / "h.yaml").write_text("base: 3\n")
+    with pytest.raises(ValueError, match="'base' must be the path"):
+        load_config_file(tmp_path / "h.yaml")
+    # the CLI reports the same, naming the file
+    with pytest.raises(SystemExit, match="nope.yaml: no such config file"):
+        main(["--config", str(tmp_path / "f.yaml")])
+    # and MLEConfig.from_yaml resolves the base before checking the fields
+    (tmp_path / "i.yaml").write_text("base: a.yaml\ncurriculum: null\n")
+    with pytest.raises(ValueError, match="curriculum"):
+        MLEConfig.from_yaml(tmp_path / "i.yaml")
+    (tmp_path / "j.yaml").write_text("base: sub/k.yaml\nepochs: 3\n")
+    (tmp_path / "sub" / "k.yaml").write_text("model: prefix-tiny\nlr: 0.005\n")
+    assert (MLEConfig.from_yaml(tmp_path / "j.yaml").lr, MLEConfig.from_yaml(tmp_path / "j.yaml").epochs) == (0.005, 3)
 
 
 def test_warmup_cosine_schedule():

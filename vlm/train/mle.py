@@ -133,11 +133,7 @@ class MLEConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> MLEConfig:
-        import yaml
-
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a mapping of MLEConfig fields")
+        d = load_config_file(path)
         d.update(overrides)
         return cls.from_dict(d, source=str(path))
 
@@ -500,6 +496,52 @@ def check_config_keys(cls: type, d: dict, *, source: str) -> None:
         raise ValueError(f"{source}: unknown {cls.__name__} keys {sorted(unknown)}")
 
 
+def load_config_file(path: str | os.PathLike) -> dict:
+    r"""A YAML config file as a dict of fields, with ``base:`` resolved.
+
+    ``base: other.yaml`` (a path relative to the file) starts from that file's fields, itself resolved the same
+    way; the file's own fields then replace the base's whole (a ``curriculum`` list is replaced, not merged). So
+    an ablation config states only what it changes. A missing file, a non-mapping and a cycle of bases are
+    errors naming the file.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "a.yaml").write_text("lr: 0.001\nsteps: 10\n")
+        >>> _ = (d / "b.yaml").write_text("base: a.yaml\nsteps: 20\n")
+        >>> load_config_file(d / "b.yaml")
+        {'lr': 0.001, 'steps': 20}
+    """
+    import yaml
+
+    chain: list[Path] = []
+    path = Path(path)
+    fields: list[dict] = []
+    while True:
+        resolved = path.resolve()
+        if resolved in chain:
+            raise ValueError(f"{chain[-1]}: 'base' makes a cycle: "
+                             f"{' -> '.join(str(c) for c in [*chain, resolved])}")
+        chain.append(resolved)
+        if not path.is_file():
+            where = f" (the base of {chain[-2]})" if len(chain) > 1 else ""
+            raise FileNotFoundError(f"{path}: no such config file{where}")
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields, got {type(d).__name__}")
+        base = d.pop("base", None)
+        fields.append(d)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base:
+            raise ValueError(f"{path}: 'base' must be the path of another YAML config, got {base!r}")
+        path = path.parent / base
+    out: dict = {}
+    for d in reversed(fields):
+        out.update(d)
+    return out
+
+
 def parse_overrides(items: list[str], *, option: str = "--set") -> dict:
     """``["key=value", ...]`` (values read as YAML) -> ``{key: value}``; what ``--set`` options take.
 
@@ -522,18 +564,18 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m vlm train --config FILE.yaml [--set key=value ...]``."""
     import argparse
 
-    import yaml
-
     p = argparse.ArgumentParser(prog="python -m vlm train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True,
-                   help="YAML file of MLEConfig fields, or SRConfig fields with 'method: sr' (see vlm/configs/)")
+                   help="YAML file of MLEConfig fields, or SRConfig fields with 'method: sr' (see vlm/configs/); "
+                        "'base: other.yaml' starts from another config's fields")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override fields (YAML values)")
     args = p.parse_args(argv)
     overrides = parse_overrides(args.set)
-    raw = yaml.safe_load(Path(args.config).read_text()) or {}
-    if not isinstance(raw, dict):
-        raise SystemExit(f"error: {args.config}: expected a mapping of config fields")
+    try:
+        raw = load_config_file(args.config)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
     method = {**raw, **overrides}.get("method", "mle")
     if method == "sr":  # self-retrieval fine-tuning (vlm.train.sr)
         from vlm.train.sr import SRConfig, train_sr
