@@ -827,37 +827,12 @@ def _open_clip_image_encoder(spec: str) -> OpenCLIPImageEncoder:
     (seed 0, the caller's RNG untouched), so the same spec always gives the same tower: the prefix captioner
     does not save a frozen encoder, it rebuilds it from its name.
     """
-    import open_clip  # after vlm/__init__'s torchvision fix, which importing this module implies
     from open_clip.model import get_model_preprocess_cfg
 
-    from vlm.retrieval import _register_config_file, _resolve_pretrained, _resolve_schema
+    from vlm.retrieval import build_open_clip, parse_open_clip_spec
 
-    rest = spec[len("open_clip:"):]
-    if rest.startswith(("hf-hub:", "local-dir:")):
-        model_name, tag = rest, None
-    else:
-        model_name, sep, tag = rest.rpartition(":")
-        if not sep or not model_name or not tag:
-            raise ValueError(f"image encoder {spec!r} needs a pretrained tag: 'open_clip:ARCH:TAG' (e.g. "
-                             "'open_clip:ViT-B-32:openai'), 'open_clip:ARCH:/path/weights.pt', "
-                             "'open_clip:hf-hub:org/repo', or 'open_clip:ARCH_OR_CONFIG.json:random'")
-    arch, config_identity = _register_config_file(model_name)
-    kwargs: dict[str, Any] = {}
-    if arch.startswith(("hf-hub:", "local-dir:")):
-        arch = _resolve_schema(arch)  # offline: the cached snapshot, or HubOfflineError at once
-        weights_identity = arch
-    elif arch not in open_clip.list_models():
-        raise ValueError(f"image encoder {spec!r}: {model_name!r} is not an open_clip architecture, a JSON config "
-                         "file or an 'hf-hub:' / 'local-dir:' name; architectures: "
-                         f"{', '.join(open_clip.list_models())}")
-    elif tag == "random":
-        weights_identity = "random(seed=0)"
-        logger.warning("open_clip %s: random weights (seed 0); its features mean nothing", arch)
-    else:
-        kwargs, weights_identity = _resolve_pretrained(arch, tag)  # offline and not cached: HubOfflineError
-    with torch.random.fork_rng(devices=[]):  # as OpenCLIPRetriever: seed 0, the caller's RNG stream untouched
-        torch.manual_seed(0)
-        model = open_clip.create_model(arch, device="cpu", **kwargs)
+    model_name, pretrained = parse_open_clip_spec(spec[len("open_clip:"):], what=f"image encoder {spec!r}")
+    model, _, _, identity = build_open_clip(model_name, pretrained, seed=0, device="cpu")
     pp = get_model_preprocess_cfg(model)
     size = pp.get("size", 224)
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -869,9 +844,8 @@ def _open_clip_image_encoder(spec: str) -> OpenCLIPImageEncoder:
         # timm's names for the same resize (read by code written for timm encoders, e.g. feature-cache keys).
         "crop_pct": 1.0, "crop_mode": {"shortest": "center", "longest": "border"}.get(resize_mode, resize_mode),
     }
-    fingerprint = hashlib.sha256(json.dumps({
-        "arch": arch, "config": config_identity, "weights": weights_identity, "preprocess": data_config,
-    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(json.dumps({**identity, "preprocess": data_config},
+                                            sort_keys=True, default=str).encode()).hexdigest()[:16]
     return OpenCLIPImageEncoder(model.visual, data_config=data_config, name=spec, fingerprint=fingerprint)
 
 

@@ -136,46 +136,21 @@ class OpenCLIPRetriever:
 
     def __init__(self, model_name: str, pretrained: str | None = None, *, device: str | torch.device = "cpu",
                  seed: int = 0) -> None:
-        import torch
-
-        import vlm  # noqa: F401  (the torchvision fix must be in place before open_clip imports torchvision)
-        import open_clip
+        import open_clip  # build_open_clip imports vlm first (the torchvision fix)
 
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
         self.device = _resolve_device(device)
-        arch, config_identity = _register_config_file(model_name)
-        schema = arch.split(":", 1)[0] if arch.startswith(("hf-hub:", "local-dir:")) else None
-        kwargs: dict[str, Any] = {}
-        weights_identity: str
-        if schema is not None:
-            if pretrained:
-                raise ValueError(f"model {model_name!r} brings its own weights; do not also pass pretrained="
-                                 f"{pretrained!r}")
-            arch = _resolve_schema(arch)
-            weights_identity = arch
-        elif arch not in open_clip.list_models():
-            raise ValueError(f"{model_name!r} is not an open_clip architecture, a JSON config file or an "
-                             f"'hf-hub:' / 'local-dir:' name; architectures: {', '.join(open_clip.list_models())}")
-        if schema is None and pretrained is not None:
-            kwargs, weights_identity = _resolve_pretrained(arch, pretrained)
-        elif schema is None:
-            weights_identity = f"random(seed={seed})"
-            logger.warning("open_clip %s: random weights (seed %d); its similarities mean nothing", arch, seed)
-
-        with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG stream
-            torch.manual_seed(seed)
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, device=self.device, **kwargs)
-        model.eval()
+        model, preprocess, arch, identity = build_open_clip(model_name, pretrained, seed=seed, device=self.device)
+        schema = model_name.split(":", 1)[0] if model_name.startswith(("hf-hub:", "local-dir:")) else None
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.name = f"open_clip:{model_name}" if schema is not None else \
             f"open_clip:{arch}:{'random' if pretrained is None else pretrained}"
         # Everything that decides what an image file embeds to: weights, architecture, preprocessing.
-        self.fingerprint = hashlib.sha256(json.dumps({
-            "arch": arch, "config": config_identity, "weights": weights_identity, "preprocess": repr(preprocess),
-        }, sort_keys=True).encode()).hexdigest()[:16]
+        self.fingerprint = hashlib.sha256(json.dumps({**identity, "preprocess": repr(preprocess)},
+                                                     sort_keys=True).encode()).hexdigest()[:16]
         # The embedding width where the model states it; only the shape of an empty output needs it.
         self.dim: int | None = getattr(getattr(model, "visual", None), "output_dim", None)
 
@@ -339,15 +314,76 @@ def _resolve_schema(arch: str) -> str:
 # ---------------------------------------------------------------------------------------------- specs
 
 
-def _open_clip_from_spec(rest: str, *, device: str = "cpu") -> OpenCLIPRetriever:
+def parse_open_clip_spec(rest: str, *, what: str) -> tuple[str, str | None]:
+    """``REST`` of an ``open_clip:REST`` spec -> ``(model name, pretrained tag or None)``.
+
+    ``ARCH:TAG`` (``TAG`` ``random`` gives None: seeded random weights), ``CONFIG.json:TAG``, or
+    ``hf-hub:org/repo`` / ``local-dir:/path`` (the model brings its weights: None). ``what`` names the spec in
+    the error a missing tag raises.
+
+    Example:
+        >>> parse_open_clip_spec("ViT-B-32:openai", what="retriever")
+        ('ViT-B-32', 'openai')
+        >>> parse_open_clip_spec("hf-hub:org/repo", what="retriever")
+        ('hf-hub:org/repo', None)
+        >>> parse_open_clip_spec("ViT-B-32", what="retriever 'open_clip:ViT-B-32'")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: retriever 'open_clip:ViT-B-32' needs a pretrained tag: 'open_clip:ARCH:TAG' (e.g. ...
+    """
     if rest.startswith(("hf-hub:", "local-dir:")):
-        return OpenCLIPRetriever(rest, device=device)
+        return rest, None
     model, sep, tag = rest.rpartition(":")
     if not sep or not model or not tag:
-        raise ValueError(f"retriever spec 'open_clip:{rest}' needs a pretrained tag: 'open_clip:ARCH:TAG' (e.g. "
-                         "'open_clip:ViT-B-32:openai'), 'open_clip:ARCH:/path/weights.pt', or "
-                         "'open_clip:ARCH:random' for random weights")
-    return OpenCLIPRetriever(model, None if tag == "random" else tag, device=device)
+        raise ValueError(f"{what} needs a pretrained tag: 'open_clip:ARCH:TAG' (e.g. 'open_clip:ViT-B-32:openai'), "
+                         "'open_clip:ARCH:/path/weights.pt', 'open_clip:hf-hub:org/repo', or "
+                         "'open_clip:ARCH_OR_CONFIG.json:random' for random weights")
+    return model, None if tag == "random" else tag
+
+
+def build_open_clip(model_name: str, pretrained: str | None, *, seed: int = 0,
+                    device: str | torch.device = "cpu") -> tuple[Any, Any, str, dict[str, Any]]:
+    """Resolve and build an open_clip model offline-first: ``(model, eval preprocess, arch, identity)``.
+
+    ``model_name`` is an open_clip architecture, a model config ``.json`` (registered under the file's stem), or
+    ``hf-hub:`` / ``local-dir:`` (which bring their own weights: ``pretrained`` must be None). ``pretrained`` is
+    a tag or a weights file (resolved from the local cache when offline, else :class:`vlm.pretrained.HubOfflineError`
+    at once); None draws random weights from ``seed`` without touching the caller's RNG. ``identity`` (arch,
+    config and weights identities) is what a fingerprint of the model's outputs must hash; the retriever and
+    the captioner's image encoder (:func:`vlm.pretrained.load_image_encoder`) both build through here, so the
+    same spec gives the same weights.
+    """
+    import torch
+
+    import vlm  # noqa: F401  (the torchvision fix must be in place before open_clip imports torchvision)
+    import open_clip
+
+    arch, config_identity = _register_config_file(model_name)
+    kwargs: dict[str, Any] = {}
+    if arch.startswith(("hf-hub:", "local-dir:")):
+        if pretrained:
+            raise ValueError(f"model {model_name!r} brings its own weights; do not also pass pretrained="
+                             f"{pretrained!r}")
+        arch = _resolve_schema(arch)  # offline: the cached snapshot, or HubOfflineError at once
+        weights_identity = arch
+    elif arch not in open_clip.list_models():
+        raise ValueError(f"{model_name!r} is not an open_clip architecture, a JSON config file or an "
+                         f"'hf-hub:' / 'local-dir:' name; architectures: {', '.join(open_clip.list_models())}")
+    elif pretrained is not None:
+        kwargs, weights_identity = _resolve_pretrained(arch, pretrained)
+    else:
+        weights_identity = f"random(seed={seed})"
+        logger.warning("open_clip %s: random weights (seed %d); its outputs mean nothing", arch, seed)
+    with torch.random.fork_rng(devices=[]):  # random init must not disturb the caller's RNG stream
+        torch.manual_seed(seed)
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device, **kwargs)
+    model.eval()
+    return model, preprocess, arch, {"arch": arch, "config": config_identity, "weights": weights_identity}
+
+
+def _open_clip_from_spec(rest: str, *, device: str = "cpu") -> OpenCLIPRetriever:
+    model, pretrained = parse_open_clip_spec(rest, what=f"retriever spec 'open_clip:{rest}'")
+    return OpenCLIPRetriever(model, pretrained, device=device)
 
 
 #: ``KIND`` of a spec ``KIND:REST`` -> factory ``(rest, *, device) -> Retriever``.
