@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "vlm" / "configs"
+logger = logging.getLogger(__name__)
 VARIANTS = ("sr-random", "sr-bagcurri")
 
 
@@ -74,10 +76,70 @@ def _check_settings(out: Path, settings: dict) -> None:
     guard_run_settings(out / "sr_bagcurri_config.json", settings, what="comparison")
 
 
+#: Stages a comparison can take from another one (``reuse_from``), with the file that marks each finished.
+SHARED_STAGES = {"mle-pretrain": "final/config.json", "mle": "final/config.json", "sr-world": "metadata.jsonl",
+                 "truematch-eval": "metadata.jsonl"}
+
+
+def _stage_inputs(settings: dict, *, source: str) -> dict[str, dict]:
+    """What each shareable stage of a comparison with these saved settings was made from."""
+    from vlm.train.sr import SRConfig
+
+    sr_set = settings.get("sr_set", {})
+    try:
+        base = SRConfig.from_dict({**settings["sr_configs"]["sr-bagcurri"], **sr_set}, source=source)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{source}: cannot read the comparison's SR settings ({err})") from None
+    recipe = {"mle_recipe": settings.get("mle_recipe"), "model": settings.get("model")}
+    mle_set, pretrain_set = settings.get("mle_set", {}), settings.get("pretrain_set", {})
+    return {"mle-pretrain": {**recipe, "fields": {**mle_set, **pretrain_set}},  # as run() builds the stage
+            "mle": {**recipe, "mle_set": mle_set, "pretrain_set": pretrain_set},
+            "sr-world": {"world_preset": base.world_preset, "world_n": base.world_n, "world_seed": base.world_seed},
+            "truematch-eval": {"eval_world_n": settings.get("eval_world_n", 1500), "world_seed": base.world_seed}}
+
+
+def plan_shared_stages(out: Path, source: Path, settings: dict) -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """Which finished MLE stages and worlds of the comparison in ``source`` this one (its ``settings``) would make
+    identically: ``({stage: source folder}, {stage: inputs that differ})``. The first are to be linked into
+    ``out``, so that a comparison of other SR settings does not train the same MLE captioner again; the second
+    are made anew (say, the brief MLE stage with other ``mle_set`` fields, from a shared pretraining stage). A
+    stage ``out`` already has is kept."""
+    source = Path(source)
+    saved = source / "sr_bagcurri_config.json"
+    if not saved.is_file():
+        raise FileNotFoundError(f"reuse_from: {source} is not a comparison folder (no sr_bagcurri_config.json)")
+    theirs = _stage_inputs(json.loads(saved.read_text()), source=str(saved))
+    ours = _stage_inputs(json.loads(json.dumps(settings)), source="this comparison")
+    plan: dict[str, Path] = {}
+    differ: dict[str, list[str]] = {}
+    for stage, marker in SHARED_STAGES.items():
+        if stage == "mle-pretrain" and not settings.get("pretrain_set"):
+            continue
+        if (out / stage).exists() or (out / stage).is_symlink() or not (source / stage / marker).is_file():
+            continue
+        if theirs[stage] != ours[stage]:
+            differ[stage] = sorted(k for k in ours[stage] if theirs[stage].get(k) != ours[stage][k])
+        elif stage == "mle" and "mle-pretrain" in differ:
+            differ[stage] = ["mle-pretrain"]  # fine-tuned from a pretrained model this comparison makes anew
+        else:
+            plan[stage] = source / stage
+    return plan, differ
+
+
+def _link(out: Path, plan: dict[str, Path]) -> dict[str, str]:
+    """Link the planned stages into ``out``; return every shared stage of ``out`` that is a link (however made),
+    ``{stage: target}``: where the comparison's MLE captioner and worlds came from."""
+    import os
+
+    for stage, folder in plan.items():
+        (out / stage).symlink_to(os.path.relpath(folder.resolve(), out.resolve()), target_is_directory=True)
+    return {stage: os.readlink(out / stage) for stage in SHARED_STAGES if (out / stage).is_symlink()}
+
+
 def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-world-small.yaml",
         model: str | None = None, retriever: str | None = None, mle_set: dict | None = None,
         sr_set: dict | None = None, eval_world_n: int = 1500, sr_configs: dict[str, Path] | None = None,
-        pretrain_set: dict | None = None, progress: bool = True) -> dict:
+        pretrain_set: dict | None = None, reuse_from: str | Path | None = None, progress: bool = True) -> dict:
     """The whole comparison into ``out`` (finished stages reused). ``mle_config``: the MLE recipe; ``model``: a
     captioner overriding the recipe's (e.g. ``prefix-mid-pos-small``); ``retriever``: the reward and
     evaluation retriever overriding the SR configs' (e.g. ``finecap:lit-v2``); ``mle_set`` / ``sr_set``: more
@@ -86,7 +148,9 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     (default: the shipped ones); ``pretrain_set``: when given, an MLE pretraining stage first (the recipe with these
     fields, e.g. ``{"world_preset": "captioning", "world_seed": 7}``: other annotators on other images) into
     ``out/mle-pretrain``, from whose final model the MLE stage then fine-tunes; the comparison starts from that
-    MLE captioner as from any other."""
+    MLE captioner as from any other; ``reuse_from``: another comparison's folder whose finished MLE stages and
+    worlds this one would make identically, linked in rather than made again (:func:`plan_shared_stages`; the
+    result names them under ``reused``, and those made anew for differing inputs under ``not_reused``)."""
     from vlm.metrics import caption_scores
     from vlm.retrieval import load_retriever
     from vlm.train.mle import MLEConfig, check_config_keys, train_mle
@@ -120,8 +184,12 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         settings.update(mle_set=mle_set, sr_set=sr_set, eval_world_n=eval_world_n)
     if pretrain_set:
         settings["pretrain_set"] = pretrain_set
+    plan, not_reused = plan_shared_stages(out, Path(reuse_from), settings) if reuse_from is not None else ({}, {})
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)
+    reused = _link(out, plan)
+    for stage, keys in not_reused.items():
+        logger.warning("reuse_from: %s made anew: %s differs from %s", stage, ", ".join(keys), Path(reuse_from) / stage)
     over = {**mle_set, **({"model": model} if model else {})}
     pre_cfg = None
     if pretrain_set:
@@ -202,6 +270,10 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
               "facts_by_kind": {k: {kind: {m: [round(a, 4), round(b, 4)] for m, (a, b) in d.items()}
                                     for kind, d in v.items()} for k, v in by_fact.items()},
               "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall}
+    if reused:
+        result["reused"] = reused
+    if not_reused:
+        result["not_reused"] = not_reused
     (out / "sr_bagcurri.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "sr_bagcurri.md").write_text(markdown_table(result) + "\n")
     plot_sr_bagcurri(result, out / "sr_bagcurri.png", runs_dir=out)
@@ -349,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-config", default=str(CONFIGS / "sr-random.yaml"),
                    help="the random-distractor arm's SR YAML (default vlm/configs/sr-random.yaml)")
     p.add_argument("--eval-world-n", type=int, default=1500, help="images of the held-out TrueMatch world")
+    p.add_argument("--reuse-from", default=None, metavar="DIR",
+                   help="another comparison's folder: link in its finished MLE stages and worlds where this "
+                        "comparison would make them identically (e.g. to compare other --sr-set values)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     for flag, path in (("--bagcurri-config", args.bagcurri_config), ("--random-config", args.random_config)):
@@ -361,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                  sr_set=parse_overrides(args.sr_set, option="--sr-set"), eval_world_n=args.eval_world_n,
                  pretrain_set=parse_overrides(args.pretrain_set, option="--pretrain-set"),
                  sr_configs={"sr-random": Path(args.random_config), "sr-bagcurri": Path(args.bagcurri_config)},
-                 progress=not args.quiet)
+                 reuse_from=args.reuse_from, progress=not args.quiet)
     print(markdown_table(result))
     print(json.dumps(result["checks"], indent=2))
     return 0

@@ -1,6 +1,7 @@
 """The SR + BagCurri comparison script: settings guard and table (the training itself is tested in test_sr.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_cli_lists_the_new_options(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(o in out for o in ("--retriever", "--model", "--mle-config", "--sr-set", "--mle-set", "--eval-world-n",
-                                 "--pretrain-set", "--bagcurri-config", "--random-config"))
+                                 "--pretrain-set", "--bagcurri-config", "--random-config", "--reuse-from"))
 
 
 def test_cli_passes_the_arm_configs_and_refuses_a_missing_one(tmp_path, capsys, monkeypatch):
@@ -81,6 +82,10 @@ def test_cli_passes_the_arm_configs_and_refuses_a_missing_one(tmp_path, capsys, 
     with pytest.raises(SystemExit):
         main(["--bagcurri-config", str(mine), "--out", str(tmp_path / "o")])
     assert seen["sr_configs"] == {"sr-random": sb.CONFIGS / "sr-random.yaml", "sr-bagcurri": mine}
+    assert seen["reuse_from"] is None
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "o"), "--reuse-from", "runs/earlier"])
+    assert seen["reuse_from"] == "runs/earlier"
 
 
 def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
@@ -134,7 +139,28 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         assert json.loads((tmp_path / "out" / "sr-world" / "world.json").read_text())["preset"] == "truematch-brief"
         assert json.loads((tmp_path / "out" / "truematch-eval" / "world.json").read_text())["preset"] == "truematch"
         again = run(tmp_path / "out", [0], **kw)  # every stage reused: nothing trained, the same scores
-        assert again["timings"] == {} and again["table"] == result["table"]
+        assert again["timings"] == {} and again["table"] == result["table"] and "reused" not in again
+        # a comparison of other SR settings takes the finished MLE stage and worlds of the first, linked
+        other = run(tmp_path / "kl2", [0], **{**kw, "sr_set": {"kl_coef": 0.2}}, reuse_from=tmp_path / "out")
+        assert set(other["reused"]) == {"mle", "sr-world", "truematch-eval"}
+        assert (tmp_path / "kl2" / "mle").is_symlink() and (tmp_path / "kl2" / "mle" / "final").is_dir()
+        assert set(other["timings"]) == {"sr-random-s0_s", "sr-bagcurri-s0_s"}
+        assert other["table"]["mle"] == result["table"]["mle"]
+        rerun = run(tmp_path / "kl2", [0], **{**kw, "sr_set": {"kl_coef": 0.2}})  # the links stay, and are named
+        assert rerun["timings"] == {} and rerun["reused"] == other["reused"]
+        assert other["reused"]["mle"] == str(Path("..") / "out" / "mle")
+        # a stage made from other inputs is made anew, and named with what differs
+        from benchmarks.sr_bagcurri import plan_shared_stages
+
+        saved = json.loads((tmp_path / "out" / "sr_bagcurri_config.json").read_text())
+        plan, differ = plan_shared_stages(tmp_path / "new", tmp_path / "out",
+                                          {**saved, "mle_set": {**mle_set, "epochs": 2}})
+        assert set(plan) == {"sr-world", "truematch-eval"} and differ == {"mle": ["mle_set"]}
+        plan, differ = plan_shared_stages(tmp_path / "new", tmp_path / "out", {**saved, "eval_world_n": 30})
+        assert set(plan) == {"mle", "sr-world"} and differ == {"truematch-eval": ["eval_world_n"]}
+        with pytest.raises(FileNotFoundError, match="not a comparison folder"):
+            run(tmp_path / "bad", [0], **kw, reuse_from=tmp_path)
+        assert not (tmp_path / "bad").exists()  # refused before any folder is made
         with pytest.raises(ValueError, match="other settings"):
             run(tmp_path / "out", [0], **{**kw, "sr_set": {"kl_coef": 0.2}})
         with pytest.raises(ValueError, match="curriculum is what the comparison varies"):
@@ -186,6 +212,14 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
         assert result["pretrain_set"] == pretrain_set
         assert json.loads((out / "sr_bagcurri_config.json").read_text())["pretrain_set"] == pretrain_set
         assert run(out, [0], **kw)["timings"] == {}  # reused
+        # another comparison may share the pretraining stage and make its own brief stage
+        from benchmarks.sr_bagcurri import plan_shared_stages
+
+        saved = json.loads((out / "sr_bagcurri_config.json").read_text())
+        plan, differ = plan_shared_stages(tmp_path / "new", out, {**saved, "mle_set": {**mle_set, "world_n": 31}})
+        assert set(plan) == {"mle-pretrain", "sr-world", "truematch-eval"} and differ == {"mle": ["mle_set"]}
+        plan, differ = plan_shared_stages(tmp_path / "new", out, {**saved, "mle_set": {**mle_set, "epochs": 2}})
+        assert differ == {"mle-pretrain": ["fields"], "mle": ["mle_set"]}  # the pretraining stage reads mle_set too
         with pytest.raises(ValueError, match="other settings"):
             run(out, [0], **{**kw, "pretrain_set": {**pretrain_set, "world_seed": 8}})
         with pytest.raises(ValueError, match="model and out_dir are set by the comparison"):
