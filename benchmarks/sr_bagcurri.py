@@ -29,7 +29,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "vlm" / "configs"
@@ -81,8 +81,9 @@ SHARED_STAGES = {"mle-pretrain": "final/config.json", "mle": "final/config.json"
                  "truematch-eval": "metadata.jsonl"}
 
 
-def _stage_inputs(settings: dict, *, source: str) -> dict[str, dict]:
-    """What each shareable stage of a comparison with these saved settings was made from."""
+def _stage_inputs(settings: dict, *, source: str, seeds: Sequence[int] = ()) -> dict[str, dict]:
+    """What each shareable stage of a comparison with these saved settings was made from (the SR arms of
+    ``seeds`` too: an arm is its MLE captioner, its world and its whole resolved config)."""
     from vlm.train.sr import SRConfig
 
     sr_set = settings.get("sr_set", {})
@@ -92,27 +93,36 @@ def _stage_inputs(settings: dict, *, source: str) -> dict[str, dict]:
         raise ValueError(f"{source}: cannot read the comparison's SR settings ({err})") from None
     recipe = {"mle_recipe": settings.get("mle_recipe"), "model": settings.get("model")}
     mle_set, pretrain_set = settings.get("mle_set", {}), settings.get("pretrain_set", {})
-    return {"mle-pretrain": {**recipe, "fields": {**mle_set, **pretrain_set}},  # as run() builds the stage
-            "mle": {**recipe, "mle_set": mle_set, "pretrain_set": pretrain_set},
-            "sr-world": {"world_preset": base.world_preset, "world_n": base.world_n, "world_seed": base.world_seed},
-            "truematch-eval": {"eval_world_n": settings.get("eval_world_n", 1500), "world_seed": base.world_seed}}
+    inputs = {"mle-pretrain": {**recipe, "fields": {**mle_set, **pretrain_set}},  # as run() builds the stage
+              "mle": {**recipe, "mle_set": mle_set, "pretrain_set": pretrain_set},
+              "sr-world": {"world_preset": base.world_preset, "world_n": base.world_n, "world_seed": base.world_seed},
+              "truematch-eval": {"eval_world_n": settings.get("eval_world_n", 1500), "world_seed": base.world_seed}}
+    for variant in VARIANTS:
+        config = {k: v for k, v in {**settings["sr_configs"][variant], **sr_set}.items() if k != "out_dir"}
+        for seed in seeds:
+            inputs[f"{variant}-s{seed}"] = {"mle": inputs["mle"], "sr-world": inputs["sr-world"],
+                                            "config": config, "retriever": settings.get("retriever"), "seed": seed}
+    return inputs
 
 
-def plan_shared_stages(out: Path, source: Path, settings: dict) -> tuple[dict[str, Path], dict[str, list[str]]]:
-    """Which finished MLE stages and worlds of the comparison in ``source`` this one (its ``settings``) would make
-    identically: ``({stage: source folder}, {stage: inputs that differ})``. The first are to be linked into
-    ``out``, so that a comparison of other SR settings does not train the same MLE captioner again; the second
-    are made anew (say, the brief MLE stage with other ``mle_set`` fields, from a shared pretraining stage). A
-    stage ``out`` already has is kept."""
+def plan_shared_stages(out: Path, source: Path, settings: dict, seeds: Sequence[int] = ()
+                       ) -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """Which finished stages of the comparison in ``source`` this one (its ``settings``, its ``seeds``) would make
+    identically: ``({stage: source folder}, {stage: inputs that differ})``. Stages are the MLE stages, the two
+    worlds and the SR arms (``sr-random-s0``, ...). The first are to be linked into ``out``, so that a
+    comparison of another curriculum trains neither the same MLE captioner nor the same random arms again; the
+    second are made anew (say, the brief MLE stage with other ``mle_set`` fields, from a shared pretraining
+    stage), as is everything that depends on them. A stage ``out`` already has is kept."""
     source = Path(source)
     saved = source / "sr_bagcurri_config.json"
     if not saved.is_file():
         raise FileNotFoundError(f"reuse_from: {source} is not a comparison folder (no sr_bagcurri_config.json)")
-    theirs = _stage_inputs(json.loads(saved.read_text()), source=str(saved))
-    ours = _stage_inputs(json.loads(json.dumps(settings)), source="this comparison")
+    theirs = _stage_inputs(json.loads(saved.read_text()), source=str(saved), seeds=seeds)
+    ours = _stage_inputs(json.loads(json.dumps(settings)), source="this comparison", seeds=seeds)
+    arms = {f"{v}-s{s}": "summary.json" for s in seeds for v in VARIANTS}
     plan: dict[str, Path] = {}
     differ: dict[str, list[str]] = {}
-    for stage, marker in SHARED_STAGES.items():
+    for stage, marker in {**SHARED_STAGES, **arms}.items():
         if stage == "mle-pretrain" and not settings.get("pretrain_set"):
             continue
         if (out / stage).exists() or (out / stage).is_symlink() or not (source / stage / marker).is_file():
@@ -121,19 +131,22 @@ def plan_shared_stages(out: Path, source: Path, settings: dict) -> tuple[dict[st
             differ[stage] = sorted(k for k in ours[stage] if theirs[stage].get(k) != ours[stage][k])
         elif stage == "mle" and "mle-pretrain" in differ:
             differ[stage] = ["mle-pretrain"]  # fine-tuned from a pretrained model this comparison makes anew
+        elif stage in arms and {"mle", "sr-world"} & set(differ):
+            differ[stage] = sorted({"mle", "sr-world"} & set(differ))  # trained from stages made anew
         else:
             plan[stage] = source / stage
     return plan, differ
 
 
-def _link(out: Path, plan: dict[str, Path]) -> dict[str, str]:
+def _link(out: Path, plan: dict[str, Path], seeds: Sequence[int]) -> dict[str, str]:
     """Link the planned stages into ``out``; return every shared stage of ``out`` that is a link (however made),
-    ``{stage: target}``: where the comparison's MLE captioner and worlds came from."""
+    ``{stage: target}``: where the comparison's MLE captioner, worlds and arms came from."""
     import os
 
     for stage, folder in plan.items():
         (out / stage).symlink_to(os.path.relpath(folder.resolve(), out.resolve()), target_is_directory=True)
-    return {stage: os.readlink(out / stage) for stage in SHARED_STAGES if (out / stage).is_symlink()}
+    names = [*SHARED_STAGES, *(f"{v}-s{s}" for s in seeds for v in VARIANTS)]
+    return {stage: os.readlink(out / stage) for stage in names if (out / stage).is_symlink()}
 
 
 def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-world-small.yaml",
@@ -148,9 +161,10 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     (default: the shipped ones); ``pretrain_set``: when given, an MLE pretraining stage first (the recipe with these
     fields, e.g. ``{"world_preset": "captioning", "world_seed": 7}``: other annotators on other images) into
     ``out/mle-pretrain``, from whose final model the MLE stage then fine-tunes; the comparison starts from that
-    MLE captioner as from any other; ``reuse_from``: another comparison's folder whose finished MLE stages and
-    worlds this one would make identically, linked in rather than made again (:func:`plan_shared_stages`; the
-    result names them under ``reused``, and those made anew for differing inputs under ``not_reused``)."""
+    MLE captioner as from any other; ``reuse_from``: another comparison's folder whose finished MLE stages,
+    worlds and SR arms this one would make identically, linked in rather than made again
+    (:func:`plan_shared_stages`; the result names them under ``reused``, and those made anew for differing inputs
+    under ``not_reused``)."""
     from vlm.metrics import caption_scores
     from vlm.retrieval import load_retriever
     from vlm.train.mle import MLEConfig, check_config_keys, train_mle
@@ -184,10 +198,11 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         settings.update(mle_set=mle_set, sr_set=sr_set, eval_world_n=eval_world_n)
     if pretrain_set:
         settings["pretrain_set"] = pretrain_set
-    plan, not_reused = plan_shared_stages(out, Path(reuse_from), settings) if reuse_from is not None else ({}, {})
+    plan, not_reused = (plan_shared_stages(out, Path(reuse_from), settings, seeds) if reuse_from is not None
+                        else ({}, {}))
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)
-    reused = _link(out, plan)
+    reused = _link(out, plan, seeds)
     for stage, keys in not_reused.items():
         logger.warning("reuse_from: %s made anew: %s differs from %s", stage, ", ".join(keys), Path(reuse_from) / stage)
     over = {**mle_set, **({"model": model} if model else {})}
@@ -422,8 +437,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the random-distractor arm's SR YAML (default vlm/configs/sr-random.yaml)")
     p.add_argument("--eval-world-n", type=int, default=1500, help="images of the held-out TrueMatch world")
     p.add_argument("--reuse-from", default=None, metavar="DIR",
-                   help="another comparison's folder: link in its finished MLE stages and worlds where this "
-                        "comparison would make them identically (e.g. to compare other --sr-set values)")
+                   help="another comparison's folder: link in its finished MLE stages, worlds and SR arms where "
+                        "this comparison would make them identically (e.g. to compare other --sr-set values or "
+                        "another --bagcurri-config)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     for flag, path in (("--bagcurri-config", args.bagcurri_config), ("--random-config", args.random_config)):

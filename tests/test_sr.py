@@ -327,6 +327,24 @@ def test_sr_config_errors_name_the_problem(toy):
         SRConfig(curriculum=[{"source": "random", "steps": 1}, {"source": "hard", "bagsize": 3}])
 
 
+def test_a_bag_stage_with_the_batch_adds_the_batch_to_each_bag(toy):
+    from vlm.train.curriculum import Stage, step_candidates
+    from vlm.train.sr import train_sr
+
+    assert Stage("hard", bag_size=3, with_batch=True).describe() == "hard3+batch"
+    with pytest.raises(ValueError, match="with_batch is for bag stages"):
+        Stage("random", with_batch=True)
+    # each bag keeps its order and gains the batch's other anchors once
+    assert step_candidates(Stage("hard", bag_size=3, with_batch=True), [0, 5, 9],
+                           [[0, 1, 2], [5, 0, 6], [9, 8, 5]]) == [[0, 1, 2, 5, 9], [5, 0, 6, 9], [9, 8, 5, 0]]
+    assert step_candidates(Stage("hard", bag_size=3), [0, 5], [[0, 1, 2], [5, 0, 6]]) == [[0, 1, 2], [5, 0, 6]]
+    cfg = _sr_cfg(toy, "with-batch", curriculum=[{"source": "world", "bag_size": 4, "with_batch": True,
+                                                  "steps": 3}], reward="recall", eval_split="")
+    train_sr(cfg)
+    log = [json.loads(x) for x in (toy / "with-batch" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log if "reward" in r] == ["world4+batch"] * 3
+
+
 def test_a_stage_the_data_cannot_serve_fails_before_training(toy):
     """The toy bags record no edits: a world stage on size edits is refused before the first step."""
     from vlm.train.sr import train_sr

@@ -143,6 +143,7 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         # a comparison of other SR settings takes the finished MLE stage and worlds of the first, linked
         other = run(tmp_path / "kl2", [0], **{**kw, "sr_set": {"kl_coef": 0.2}}, reuse_from=tmp_path / "out")
         assert set(other["reused"]) == {"mle", "sr-world", "truematch-eval"}
+        assert other["not_reused"] == {"sr-random-s0": ["config"], "sr-bagcurri-s0": ["config"]}
         assert (tmp_path / "kl2" / "mle").is_symlink() and (tmp_path / "kl2" / "mle" / "final").is_dir()
         assert set(other["timings"]) == {"sr-random-s0_s", "sr-bagcurri-s0_s"}
         assert other["table"]["mle"] == result["table"]["mle"]
@@ -154,10 +155,21 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
 
         saved = json.loads((tmp_path / "out" / "sr_bagcurri_config.json").read_text())
         plan, differ = plan_shared_stages(tmp_path / "new", tmp_path / "out",
-                                          {**saved, "mle_set": {**mle_set, "epochs": 2}})
-        assert set(plan) == {"sr-world", "truematch-eval"} and differ == {"mle": ["mle_set"]}
-        plan, differ = plan_shared_stages(tmp_path / "new", tmp_path / "out", {**saved, "eval_world_n": 30})
-        assert set(plan) == {"mle", "sr-world"} and differ == {"truematch-eval": ["eval_world_n"]}
+                                          {**saved, "mle_set": {**mle_set, "epochs": 2}}, [0])
+        assert set(plan) == {"sr-world", "truematch-eval"}
+        assert differ == {"mle": ["mle_set"], "sr-random-s0": ["mle"], "sr-bagcurri-s0": ["mle"]}
+        plan, differ = plan_shared_stages(tmp_path / "new", tmp_path / "out", {**saved, "eval_world_n": 30}, [0, 1])
+        assert set(plan) == {"mle", "sr-world", "sr-random-s0", "sr-bagcurri-s0"}  # seed 1 was never run there
+        assert differ == {"truematch-eval": ["eval_world_n"]}
+        # another curriculum: the random arms are shared, the curriculum arm is trained
+        curri2 = {**saved["sr_configs"]["sr-bagcurri"], "curriculum": [{"source": "random", "steps": 3}]}
+        plan, differ = plan_shared_stages(tmp_path / "new", tmp_path / "out",
+                                          {**saved, "sr_configs": {**saved["sr_configs"], "sr-bagcurri": curri2}}, [0])
+        assert "sr-random-s0" in plan and differ == {"sr-bagcurri-s0": ["config"]}
+        # and a comparison may link arms for real: its result is the source's for those seeds
+        arms = run(tmp_path / "arms", [0], **kw, reuse_from=tmp_path / "out")
+        assert arms["timings"] == {} and arms["table"] == result["table"] and "not_reused" not in arms
+        assert (tmp_path / "arms" / "sr-bagcurri-s0").is_symlink()
         with pytest.raises(FileNotFoundError, match="not a comparison folder"):
             run(tmp_path / "bad", [0], **kw, reuse_from=tmp_path)
         assert not (tmp_path / "bad").exists()  # refused before any folder is made
@@ -220,6 +232,9 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
         assert set(plan) == {"mle-pretrain", "sr-world", "truematch-eval"} and differ == {"mle": ["mle_set"]}
         plan, differ = plan_shared_stages(tmp_path / "new", out, {**saved, "mle_set": {**mle_set, "epochs": 2}})
         assert differ == {"mle-pretrain": ["fields"], "mle": ["mle_set"]}  # the pretraining stage reads mle_set too
+        plan, differ = plan_shared_stages(tmp_path / "new", out, {**saved, "pretrain_set": {**pretrain_set,
+                                                                                             "world_n": 22}})
+        assert differ == {"mle-pretrain": ["fields"], "mle": ["pretrain_set"]}
         with pytest.raises(ValueError, match="other settings"):
             run(out, [0], **{**kw, "pretrain_set": {**pretrain_set, "world_seed": 8}})
         with pytest.raises(ValueError, match="model and out_dir are set by the comparison"):

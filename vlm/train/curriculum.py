@@ -12,6 +12,8 @@ A *stage* says where a sampled caption's distractors come from and for how long:
   (say ``[size]``), only members made by one of those edits are anchors, against the rest of their bag: a stage
   that trains one skill, where what tells the anchor from its bag is that detail.
 
+With ``with_batch``, a bag stage's candidates are the bag plus the other images of the batch.
+
 A curriculum is a list of stages, each lasting ``steps`` optimizer steps (or ``epochs`` passes, resolved
 to steps by the trainer). :data:`DEFAULT_BAGCURRI` is random -> easy bags -> hard bags of size 3 -> 5 -> 10.
 
@@ -62,6 +64,10 @@ class Stage:
     edits: tuple[str, ...] = ()
     """``world``: anchor only bag members made by one of these edits (``vlm.world.EDITS``: colour, count, size,
     move, background, gender), each against the rest of its bag (empty: any member)."""
+    with_batch: bool = False
+    """Bag stages: each anchor's candidates are its bag plus the other anchors of the batch, the bag's
+    near-duplicates added to the random in-batch distractors (as Gaur et al.'s released code adds nearest-neighbour
+    hard negatives to the batch), so the reward still asks for what tells the image from random ones."""
 
     def __post_init__(self):
         if isinstance(self.edits, (list, str)):  # from YAML: a list, or one name
@@ -83,12 +89,14 @@ class Stage:
             raise ValueError(f"curriculum stage {self.source!r}: bag_size must be >= 2, got {self.bag_size}")
         if self.whole_bags and self.source != "world":
             raise ValueError(f"curriculum stage {self.source!r}: whole_bags is for world stages")
+        if self.with_batch and self.source == "random":
+            raise ValueError("curriculum stage 'random': with_batch is for bag stages (random ones are the batch)")
         if self.steps < 0 or self.epochs < 0 or (self.steps and self.epochs):
             raise ValueError("curriculum stage: give steps or epochs (>= 0), not both")
 
     def describe(self) -> str:
         name = self.source if self.source == "random" else f"{self.source}{self.bag_size or ''}"
-        return name + (f"[{'+'.join(self.edits)}]" if self.edits else "")
+        return name + (f"[{'+'.join(self.edits)}]" if self.edits else "") + ("+batch" if self.with_batch else "")
 
 
 @dataclass
@@ -194,6 +202,24 @@ def mine_neighbours(image_emb: torch.Tensor, k: int, *, cache_key: str | None = 
         save_file({"idx": idx_out.contiguous(), "sim": sim_out.contiguous()}, str(tmp))
         os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
     return idx_out, sim_out
+
+
+def step_candidates(stage: Stage, anchors: list[int], cands: list[list[int]] | None) -> list[list[int]]:
+    """Each anchor's candidate list (target first) for one step: ``cands`` as :meth:`BagSampler.sample` drew them
+    (None: a random stage, every anchor against the others of ``anchors``), with the rest of ``anchors`` appended
+    to each bag when the stage has ``with_batch``.
+
+    Example:
+        >>> step_candidates(Stage("random"), [4, 7, 9], None)
+        [[4, 7, 9], [7, 4, 9], [9, 4, 7]]
+        >>> step_candidates(Stage("world", with_batch=True), [4, 7], [[4, 5, 6], [7, 8, 4]])
+        [[4, 5, 6, 7], [7, 8, 4]]
+    """
+    if cands is None:
+        return [[a] + [b for b in anchors if b != a] for a in anchors]
+    if stage.with_batch:
+        return [c + [b for b in anchors if b not in c] for c in cands]
+    return [list(c) for c in cands]
 
 
 class BagSampler:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from vlm.train.curriculum import DEFAULT_BAGCURRI, BagSampler, Curriculum, mine_neighbours
+from vlm.train.curriculum import DEFAULT_BAGCURRI, BagSampler, Curriculum, mine_neighbours, step_candidates
 from vlm.train.policy_gradient import (BASELINES, RunningMeanBaseline, group_normalised_advantages, kl_penalty,
                                        leave_one_out_advantages, policy_gradient_loss, self_critical_advantages)
 
@@ -257,8 +257,7 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
         anchors = anchors[acc.process_index::acc.num_processes]
         if cands is not None:
             cands = cands[acc.process_index::acc.num_processes]
-        else:  # in-batch: every anchor of this process against all of them
-            cands = [[a] + [b for b in anchors if b != a] for a in anchors]
+        cands = step_candidates(stage, anchors, cands)  # in-batch: against this process's other anchors
         n = cfg.n_samples
         torch.manual_seed(cfg.seed * 1_000_003 + step * 7 + acc.process_index)  # sampling reproducible on resume
         model.eval()
