@@ -48,7 +48,7 @@ def test_the_shipped_sr_arms_differ_only_in_their_curriculum():
     from vlm.train.mle import load_config_file
 
     base = load_config_file(CONFIGS / "sr-bagcurri.yaml")
-    for name in ("sr-random.yaml", "sr-bagcurri-skills.yaml"):
+    for name in ("sr-random.yaml", "sr-bagcurri-skills.yaml", "sr-bagcurri-with-batch.yaml"):
         assert set(yaml.safe_load((CONFIGS / name).read_text())) == {"base", "curriculum", "out_dir"}, name
         other = load_config_file(CONFIGS / name)
         differ = {k for k in set(base) | set(other) if base.get(k) != other.get(k)}
