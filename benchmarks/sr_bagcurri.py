@@ -117,7 +117,11 @@ def plan_shared_stages(out: Path, source: Path, settings: dict, seeds: Sequence[
     saved = source / "sr_bagcurri_config.json"
     if not saved.is_file():
         raise FileNotFoundError(f"reuse_from: {source} is not a comparison folder (no sr_bagcurri_config.json)")
-    theirs = _stage_inputs(json.loads(saved.read_text()), source=str(saved), seeds=seeds)
+    try:
+        saved_settings = json.loads(saved.read_text())
+    except ValueError as err:
+        raise ValueError(f"reuse_from: {saved}: not valid JSON ({err})") from None
+    theirs = _stage_inputs(saved_settings, source=str(saved), seeds=seeds)
     ours = _stage_inputs(json.loads(json.dumps(settings)), source="this comparison", seeds=seeds)
     arms = {f"{v}-s{s}": "summary.json" for s in seeds for v in VARIANTS}
     plan: dict[str, Path] = {}
@@ -189,11 +193,11 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     sr_configs = {v: Path(p) for v, p in (sr_configs or {v: CONFIGS / f"{v}.yaml" for v in VARIANTS}).items()}
     if set(sr_configs) != set(VARIANTS):
         raise ValueError(f"sr_configs needs exactly the keys {VARIANTS}, got {sorted(sr_configs)}")
-    curri = sr_configs["sr-bagcurri"]
-    base = SRConfig.from_dict({**_load_yaml(curri), **sr_set}, source=str(curri))
+    arm_fields = {v: _load_yaml(sr_configs[v]) for v in VARIANTS}  # read once: what is saved is what trains
+    base = SRConfig.from_dict({**arm_fields["sr-bagcurri"], **sr_set}, source=str(sr_configs["sr-bagcurri"]))
     retriever = retriever or base.retriever
     settings = {"mle_recipe": _load_yaml(Path(mle_config)), "model": model, "retriever": retriever,
-                "sr_configs": {v: _load_yaml(sr_configs[v]) for v in VARIANTS}}
+                "sr_configs": arm_fields}
     if mle_set or sr_set or eval_world_n != 1500:  # runs made before these options existed stay reusable
         settings.update(mle_set=mle_set, sr_set=sr_set, eval_world_n=eval_world_n)
     if pretrain_set:
@@ -233,7 +237,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     runs: dict[str, list[Path]] = {v: [] for v in VARIANTS}
     for seed in seeds:
         for variant in runs:
-            d = {**_load_yaml(sr_configs[variant]), **sr_set}
+            d = {**arm_fields[variant], **sr_set}
             d.update(init_model=str(out / "mle" / "final"), train_data=str(sr_world), seed=seed,
                      out_dir=str(out / f"{variant}-s{seed}"), retriever=retriever, progress=progress)
             run_dir = Path(d["out_dir"])

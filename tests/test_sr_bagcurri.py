@@ -172,6 +172,10 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         assert (tmp_path / "arms" / "sr-bagcurri-s0").is_symlink()
         with pytest.raises(FileNotFoundError, match="not a comparison folder"):
             run(tmp_path / "bad", [0], **kw, reuse_from=tmp_path)
+        (tmp_path / "broken").mkdir()
+        (tmp_path / "broken" / "sr_bagcurri_config.json").write_text("{not json")
+        with pytest.raises(ValueError, match=r"broken/sr_bagcurri_config.json: not valid JSON"):
+            run(tmp_path / "bad", [0], **kw, reuse_from=tmp_path / "broken")
         assert not (tmp_path / "bad").exists()  # refused before any folder is made
         with pytest.raises(ValueError, match="other settings"):
             run(tmp_path / "out", [0], **{**kw, "sr_set": {"kl_coef": 0.2}})
