@@ -145,6 +145,29 @@ def write_results(out_dir: str | Path, name: str, results: dict, *, config: dict
     return {"json": json_path, "markdown": md_path}
 
 
+class StageTimings:
+    """Seconds per finished stage of a multi-stage benchmark, kept in a JSON file across reruns, so that a
+    comparison resumed or extended over several invocations still reports what the whole of it cost."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self.data: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except ValueError as e:
+            raise ValueError(f"{self.path}: not a stage-timings JSON ({e}); delete it to start the timings anew") from e
+
+    def record(self, stage: str, seconds: float) -> None:
+        """Store (or replace) one stage's time and write the file at once."""
+        from vlm.data import atomic_write_text
+
+        self.data[stage] = round(float(seconds), 2)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n", fsync=False)
+
+    @property
+    def total(self) -> float:
+        return round(sum(self.data.values()), 1)
+
+
 def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     """Lay out a Matplotlib figure, write it to ``path`` (folders made as needed), close it; the path.
 

@@ -153,6 +153,21 @@ def _link(out: Path, plan: dict[str, Path], seeds: Sequence[int]) -> dict[str, s
     return {stage: os.readlink(out / stage) for stage in names if (out / stage).is_symlink()}
 
 
+def stage_seconds(stage_dir: Path) -> float:
+    """How long a finished training stage took to make, from its own ``summary.json`` (``total_time_s`` of an
+    MLE stage, ``wall_time_s`` of an SR arm; both count a resumed run's interrupted process up to its last
+    checkpoint). So a stage made by an earlier invocation, or linked by ``--reuse-from``, counts what it cost."""
+    f = Path(stage_dir) / "summary.json"
+    try:
+        summary = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{f}: cannot read the stage summary ({e})") from e
+    seconds = summary.get("total_time_s", summary.get("wall_time_s")) if isinstance(summary, dict) else None
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        raise ValueError(f"{f}: no total_time_s or wall_time_s (seconds) in the stage summary")
+    return float(seconds)
+
+
 def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-world-small.yaml",
         model: str | None = None, retriever: str | None = None, mle_set: dict | None = None,
         sr_set: dict | None = None, eval_world_n: int = 1500, sr_configs: dict[str, Path] | None = None,
@@ -169,6 +184,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     worlds and SR arms this one would make identically, linked in rather than made again
     (:func:`plan_shared_stages`; the result names them under ``reused``, and those made anew for differing inputs
     under ``not_reused``)."""
+    from benchmarks.report import StageTimings
     from vlm.metrics import caption_scores
     from vlm.retrieval import load_retriever
     from vlm.train.mle import MLEConfig, check_config_keys, train_mle
@@ -227,13 +243,18 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         t = time.perf_counter()
         train_mle(mle_cfg, metrics_fn=caption_scores)
         timings["mle_s"] = round(time.perf_counter() - t, 1)
+    world_times = StageTimings(out / "timings.json")
     sr_world = out / "sr-world"
     if not (sr_world / "metadata.jsonl").is_file():
+        t = time.perf_counter()
         generate_world(sr_world, n=base.world_n, seed=base.world_seed, preset=base.world_preset, progress=progress)
+        world_times.record("sr-world", time.perf_counter() - t)
     eval_world = out / "truematch-eval"
     if not (eval_world / "metadata.jsonl").is_file():
+        t = time.perf_counter()
         generate_world(eval_world, n=eval_world_n, seed=base.world_seed + 100, preset="truematch",
                        progress=progress)
+        world_times.record("truematch-eval", time.perf_counter() - t)
     runs: dict[str, list[Path]] = {v: [] for v in VARIANTS}
     for seed in seeds:
         for variant in runs:
@@ -246,6 +267,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
                 train_sr(SRConfig.from_dict(d, source=str(sr_configs[variant])))
                 timings[f"{variant}-s{seed}_s"] = round(time.perf_counter() - t, 1)
             runs[variant].append(run_dir / "final")
+    t_eval = time.perf_counter()
     retriever_spec, retriever = retriever, load_retriever(retriever)
     caption_world = out / "mle" / "world" if mle_cfg.train_data == "world" else Path(mle_cfg.train_data)
     scores: dict[str, list[dict]] = {"mle": [evaluate_captioner(out / "mle" / "final", truematch_world=eval_world,
@@ -280,6 +302,14 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         "cider_drop_<=15%": checks["cider_relative_change_pct"] is not None
                             and checks["cider_relative_change_pct"] >= -15,
     }
+    stages = (["mle-pretrain"] if pretrain_set else []) + ["mle"] + [p.parent.name for d in runs.values() for p in d]
+    stage_times = {name: stage_seconds(out / name) for name in stages}
+    for w in ("sr-world", "truematch-eval"):  # a linked world's time is kept beside it, where it was made
+        made = (out / w).resolve()
+        known = StageTimings(made.parent / "timings.json").data if made.parent != out.resolve() else world_times.data
+        if made.name in known:
+            stage_times[w] = known[made.name]
+    stage_times["evaluation"] = round(time.perf_counter() - t_eval, 1)
     wall = round(time.perf_counter() - t0, 1)
     result = {"seeds": seeds, "mle_config": str(mle_config), "model": model or mle_cfg.model,
               "retriever": retriever_spec, "mle_set": mle_set, "sr_set": sr_set, "eval_world_n": eval_world_n,
@@ -288,7 +318,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
               "by_edit": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in by_edit.items()},
               "facts_by_kind": {k: {kind: {m: [round(a, 4), round(b, 4)] for m, (a, b) in d.items()}
                                     for kind, d in v.items()} for k, v in by_fact.items()},
-              "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall}
+              "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall,
+              "stage_times_s": stage_times, "stage_time_s": round(sum(stage_times.values()), 1)}
     if reused:
         result["reused"] = reused
     if not_reused:
@@ -394,6 +425,12 @@ def markdown_table(result: dict) -> str:
                          else f"{m:.1f} ± {s:.1f}")
         rows.append(f"| {NAMES.get(k, k)} | " + " | ".join(cells) + " |")
     text = head + "\n".join(rows) + f"\n\nseeds {result['seeds']}; wall time {result['wall_time_s']:.0f} s"
+    if result.get("stage_time_s") is not None:
+        text += (f" (this invocation); the whole comparison {result['stage_time_s']:.0f} s, the sum of its stages "
+                 "as each was made (stage_times_s in the JSON")
+        unknown = [w for w in ("sr-world", "truematch-eval") if w not in result.get("stage_times_s", {})]
+        its = "their times were" if len(unknown) > 1 else "its time was"
+        text += f"; {' and '.join(unknown)} made before {its} kept)" if unknown else ")"
     by_edit = result.get("by_edit") or {}
     if by_edit.get("mle"):  # single edits only, in the MLE's order (most members first)
         kinds = [k for k in by_edit["mle"] if "+" not in k]

@@ -47,6 +47,10 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from benchmarks.report import StageTimings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "vlm" / "configs"
@@ -138,27 +142,13 @@ class TIDACompareConfig:
 # ---- stages ---------------------------------------------------------------------------------------------
 
 
-class _Timings:
-    """Seconds per finished stage, kept in ``OUT/timings.json`` across reruns."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {}
-
-    def record(self, stage: str, seconds: float) -> None:
-        from vlm.data import atomic_write_text
-
-        self.data[stage] = round(seconds, 2)
-        atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n", fsync=False)
-
-
 def _check_settings(cfg: TIDACompareConfig, out: Path) -> None:
     from vlm.data import guard_run_settings
 
     guard_run_settings(out / "tida_compare_config.json", cfg.settings(), what="comparison run")
 
 
-def build_world(cfg: TIDACompareConfig, out: Path, timings: _Timings) -> Path:
+def build_world(cfg: TIDACompareConfig, out: Path, timings: StageTimings) -> Path:
     """The tida-biased world (reused when ``OUT/world/world.json`` exists: it is written last)."""
     from vlm.world import generate_world
 
@@ -171,7 +161,7 @@ def build_world(cfg: TIDACompareConfig, out: Path, timings: _Timings) -> Path:
     return world
 
 
-def build_tida(cfg: TIDACompareConfig, world: Path, out: Path, timings: _Timings) -> dict:
+def build_tida(cfg: TIDACompareConfig, world: Path, out: Path, timings: StageTimings) -> dict:
     """TIDA on the world's train split (reused when its report exists; an interrupted job resumes)."""
     from augment import TIDAConfig, run_tida
 
@@ -211,7 +201,7 @@ def _mle_config(cfg: TIDACompareConfig, arm: str, seed: int, world: Path, tida: 
 
 
 def train_arm(cfg: TIDACompareConfig, arm: str, seed: int, world: Path, tida: Path, out: Path,
-              timings: _Timings) -> Path:
+              timings: StageTimings) -> Path:
     """One captioner (reused when its ``summary.json`` exists; an interrupted run resumes)."""
     from vlm.train.mle import train_mle
 
@@ -225,7 +215,7 @@ def train_arm(cfg: TIDACompareConfig, arm: str, seed: int, world: Path, tida: Pa
     return run_dir
 
 
-def caption_splits(cfg: TIDACompareConfig, run_dir: Path, splits: dict, timings: _Timings) -> dict[str, dict]:
+def caption_splits(cfg: TIDACompareConfig, run_dir: Path, splits: dict, timings: StageTimings) -> dict[str, dict]:
     """``{split: {id: caption}}`` of one captioner (each split's file reused when present)."""
     from vlm.caption import caption_records
     from vlm.data import atomic_write_text
@@ -330,14 +320,14 @@ def summarise(per_seed: dict[str, list[dict]]) -> tuple[dict, dict, dict]:
 
 def run(cfg: TIDACompareConfig) -> dict:
     """Run (or resume) the whole comparison; returns the result also written to ``OUT/tida_compare.json``."""
-    from benchmarks.report import package_versions
+    from benchmarks.report import StageTimings, package_versions
     from vlm.data import atomic_write_text, read_imagefolder
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(cfg, out)
-    timings = _Timings(out / "timings.json")
+    timings = StageTimings(out / "timings.json")
     world = build_world(cfg, out, timings)
     report = build_tida(cfg, world, out, timings)
     full = read_imagefolder(world, check_images=False)
@@ -359,7 +349,7 @@ def run(cfg: TIDACompareConfig) -> dict:
                                                                                     "written")}
                                                              for s, r in report["per_skill"].items()}},
         "seeds": cfg.seeds, "table": table, "paired_difference": paired, "per_seed": per_seed, "checks": checks,
-        "timings": timings.data, "stage_time_s": round(sum(timings.data.values()), 1),
+        "timings": timings.data, "stage_time_s": timings.total,
         "wall_time_s": round(time.perf_counter() - t0, 1), "versions": package_versions(),
     }
     atomic_write_text(out / "tida_compare.json", json.dumps(result, indent=2) + "\n", fsync=False)

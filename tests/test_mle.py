@@ -66,7 +66,14 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(world_dir):
     train_mle(full)
     part = _cfg(world_dir, "part")
     assert train_mle(part, stop_after_steps=6) == {"stopped_at": 6}
-    train_mle(part)  # resumes from the step-6 checkpoint
+    from vlm.train.checkpoint import latest_checkpoint
+
+    trainer_json = latest_checkpoint(world_dir / "part" / "checkpoints") / "trainer.json"
+    tstate = json.loads(trainer_json.read_text())
+    assert 0 < tstate["elapsed_s"] < 1000
+    trainer_json.write_text(json.dumps({**tstate, "elapsed_s": 1000.0}))  # as if the first process ran long
+    summary = train_mle(part)  # resumes from the step-6 checkpoint
+    assert summary["total_time_s"] >= summary["wall_time_s"] >= 1000  # the interrupted process's time is counted
     a = load_file(str(world_dir / "full" / "final" / "model.safetensors"))
     b = load_file(str(world_dir / "part" / "final" / "model.safetensors"))
     assert a.keys() == b.keys()

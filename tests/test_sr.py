@@ -305,8 +305,15 @@ def test_sr_run_killed_and_resumed_ends_with_the_same_weights(toy):
     kw = dict(baseline="mean", kl_coef=0.1, mle_coef=0.1, cider_weight=0.2, eval_split="")
     full = train_sr(_sr_cfg(toy, "full", **kw))
     assert train_sr(_sr_cfg(toy, "part", **kw), stop_after_steps=3) == {"stopped_at": 3}
+    from vlm.train.checkpoint import latest_checkpoint
+
+    trainer_json = latest_checkpoint(toy / "part" / "checkpoints") / "trainer.json"
+    tstate = json.loads(trainer_json.read_text())
+    assert 0 < tstate["elapsed_s"] < 1000
+    trainer_json.write_text(json.dumps({**tstate, "elapsed_s": 1000.0}))  # as if the first process ran long
     resumed = train_sr(_sr_cfg(toy, "part", **kw))
     assert resumed["steps"] == full["steps"] == 8
+    assert resumed["wall_time_s"] >= 1000 > full["wall_time_s"]  # the interrupted process's time is counted
     from safetensors.torch import load_file
 
     a = load_file(str(toy / "full" / "final" / "model.safetensors"))

@@ -8,6 +8,40 @@ import pytest
 from benchmarks.sr_bagcurri import _check_settings, main, markdown_table
 
 
+def test_stage_seconds_reads_the_summary_and_names_a_bad_one(tmp_path):
+    from benchmarks.sr_bagcurri import stage_seconds
+
+    (tmp_path / "mle").mkdir()
+    (tmp_path / "mle" / "summary.json").write_text(json.dumps({"wall_time_s": 800.0, "total_time_s": 835.0}))
+    assert stage_seconds(tmp_path / "mle") == 835.0  # the MLE stage's test-split scoring counts too
+    (tmp_path / "sr").mkdir()
+    (tmp_path / "sr" / "summary.json").write_text(json.dumps({"steps": 150, "wall_time_s": 259.5}))
+    assert stage_seconds(tmp_path / "sr") == 259.5
+    (tmp_path / "sr" / "summary.json").write_text(json.dumps({"steps": 150}))
+    with pytest.raises(ValueError, match=r"sr.summary\.json: no total_time_s or wall_time_s"):
+        stage_seconds(tmp_path / "sr")
+    (tmp_path / "sr" / "summary.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"sr.summary\.json: cannot read the stage summary"):
+        stage_seconds(tmp_path / "sr")
+    with pytest.raises(ValueError, match="cannot read"):
+        stage_seconds(tmp_path / "missing")
+
+
+def test_stage_timings_persist_across_invocations_and_name_a_corrupt_file(tmp_path):
+    from benchmarks.report import StageTimings
+
+    t = StageTimings(tmp_path / "timings.json")
+    t.record("world", 12.345)
+    t.record("train", 100)
+    again = StageTimings(tmp_path / "timings.json")  # a later invocation reads what the first recorded
+    assert again.data == {"train": 100.0, "world": 12.35} and again.total == 112.3
+    again.record("world", 10)  # a stage made again replaces its time
+    assert StageTimings(tmp_path / "timings.json").total == 110.0
+    (tmp_path / "timings.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"timings\.json: not a stage-timings JSON"):
+        StageTimings(tmp_path / "timings.json")
+
+
 def test_a_rerun_with_other_settings_is_refused(tmp_path):
     settings = {"mle_recipe": {"model": "prefix-small"}, "model": None, "retriever": "finecap:lit"}
     _check_settings(tmp_path, settings)
@@ -25,6 +59,10 @@ def test_table_rows_are_percent_for_recall_and_hallucination():
     assert lines[2] == ("| MLE | 70.0 ± 1.0 | 60.0 ± 2.0 | 50.0 ± 0.0 | 2.500 ± 0.100 | 30.0 ± 1.0 | 12.0 ± 0.5 "
                         "| 80.0 ± 2.0 |")
     assert lines[3].startswith("| SR + BagCurri |") and md.endswith("seeds [0, 1]; wall time 12 s")
+    timed = markdown_table({"seeds": [0], "wall_time_s": 12.4, "table": {"mle": row}, "stage_time_s": 4811.2,
+                            "stage_times_s": {"mle": 835.0, "sr-world": 20.0, "evaluation": 279.0}})
+    assert timed.endswith("wall time 12 s (this invocation); the whole comparison 4811 s, the sum of its stages as "
+                          "each was made (stage_times_s in the JSON; truematch-eval made before its time was kept)")
     by_edit = {"mle": {"none": [0.4, 0.0], "color": [0.5, 0.0], "color+count": [0.2, 0.0]},
                "sr-bagcurri": {"none": [0.45, 0.01], "color": [0.625, 0.02], "color+count": [0.3, 0.0]}}
     md = markdown_table({"seeds": [0, 1], "wall_time_s": 12.4, "table": {"mle": row}, "by_edit": by_edit})
@@ -135,17 +173,32 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         trained = json.loads((tmp_path / "out" / "sr-bagcurri-s0" / "final" / "training_config.json").read_text())
         assert trained["kl_coef"] == 0.1 and trained["seed"] == 0 and trained["retriever"] == "palette:x"
         assert set(result["timings"]) == {"mle_s", "sr-random-s0_s", "sr-bagcurri-s0_s"}
+        # the whole comparison's cost: each stage as it was made (its summary), worlds, this evaluation
+        times = result["stage_times_s"]
+        assert set(times) == {"mle", "sr-random-s0", "sr-bagcurri-s0", "sr-world", "truematch-eval", "evaluation"}
+        assert times["sr-bagcurri-s0"] == json.loads((tmp_path / "out" / "sr-bagcurri-s0" / "summary.json")
+                                                     .read_text())["wall_time_s"]
+        assert times["mle"] == json.loads((tmp_path / "out" / "mle" / "summary.json").read_text())["total_time_s"]
+        assert all(v > 0 for v in times.values())
+        assert result["stage_time_s"] == pytest.approx(sum(times.values()), abs=0.1)
+        md = (tmp_path / "out" / "sr_bagcurri.md").read_text()
+        assert f"the whole comparison {result['stage_time_s']:.0f} s" in md
         # the SR world is written with the SR configs' preset; the held-out world is always plain truematch
         assert json.loads((tmp_path / "out" / "sr-world" / "world.json").read_text())["preset"] == "truematch-brief"
         assert json.loads((tmp_path / "out" / "truematch-eval" / "world.json").read_text())["preset"] == "truematch"
         again = run(tmp_path / "out", [0], **kw)  # every stage reused: nothing trained, the same scores
         assert again["timings"] == {} and again["table"] == result["table"] and "reused" not in again
+        # nothing was trained again, yet the whole comparison still counts every stage as it was made
+        assert {k: v for k, v in again["stage_times_s"].items() if k != "evaluation"} == \
+            {k: v for k, v in times.items() if k != "evaluation"}
         # a comparison of other SR settings takes the finished MLE stage and worlds of the first, linked
         other = run(tmp_path / "kl2", [0], **{**kw, "sr_set": {"kl_coef": 0.2}}, reuse_from=tmp_path / "out")
         assert set(other["reused"]) == {"mle", "sr-world", "truematch-eval"}
         assert other["not_reused"] == {"sr-random-s0": ["config"], "sr-bagcurri-s0": ["config"]}
         assert (tmp_path / "kl2" / "mle").is_symlink() and (tmp_path / "kl2" / "mle" / "final").is_dir()
         assert set(other["timings"]) == {"sr-random-s0_s", "sr-bagcurri-s0_s"}
+        # a linked stage counts what it cost where it was made, a linked world too
+        assert other["stage_times_s"]["mle"] == times["mle"] and other["stage_times_s"]["sr-world"] == times["sr-world"]
         assert other["table"]["mle"] == result["table"]["mle"]
         rerun = run(tmp_path / "kl2", [0], **{**kw, "sr_set": {"kl_coef": 0.2}})  # the links stay, and are named
         assert rerun["timings"] == {} and rerun["reused"] == other["reused"]

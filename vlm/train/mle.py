@@ -340,6 +340,7 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
         if unexpected:
             raise ValueError(f"{ckpt}: unexpected tensors {unexpected[:3]}")
         step = int(tstate["step"])
+        t_start -= float(tstate.get("elapsed_s", 0.0))  # the times in summary.json count the interrupted process too
         logger.info("resumed from %s at step %d", ckpt, step)
         if acc.is_main_process:  # lines written after that checkpoint would otherwise appear twice
             trim_log(metrics_log, step)
@@ -416,7 +417,8 @@ def train_mle(cfg: MLEConfig, *, metrics_fn: Callable[[dict, dict], dict] | None
             if acc.is_main_process:
                 save_checkpoint(ckpt_dir, model_state=_trainable_state(acc.unwrap_model(wrapped)), optimizer=opt,
                                 scheduler=sched, keep=cfg.keep_checkpoints,
-                                trainer_state={"step": step, "epoch": epoch, "config": dataclasses.asdict(cfg)})
+                                trainer_state={"step": step, "epoch": epoch, "config": dataclasses.asdict(cfg),
+                                               "elapsed_s": round(time.perf_counter() - t_start, 1)})
         if stop_after_steps is not None and step >= stop_after_steps:
             bar.close()
             return {"stopped_at": step}

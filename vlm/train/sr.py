@@ -232,6 +232,7 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
         state, tstate = load_checkpoint(ckpt, optimizer=opt, scheduler=sched)
         policy.load_state_dict(state, strict=False)
         step = int(tstate["step"])
+        t_start -= float(tstate.get("elapsed_s", 0.0))  # wall_time_s counts the interrupted run to its checkpoint
         if tstate.get("baseline"):
             baseline.load_state_dict(tstate["baseline"])
         if acc.is_main_process:  # lines written after that checkpoint would otherwise appear twice
@@ -326,7 +327,8 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
                 save_checkpoint(ckpt_dir, model_state=_trainable_state(model), optimizer=opt, scheduler=sched,
                                 keep=cfg.keep_checkpoints,
                                 trainer_state={"step": step, "config": dataclasses.asdict(cfg),
-                                               "baseline": baseline.state_dict()})
+                                               "baseline": baseline.state_dict(),
+                                               "elapsed_s": round(time.perf_counter() - t_start, 1)})
         if stop_after_steps is not None and step >= stop_after_steps:
             bar.close()
             return {"stopped_at": step}
