@@ -76,6 +76,8 @@ def _check_settings(out: Path, settings: dict) -> None:
     guard_run_settings(out / "sr_bagcurri_config.json", settings, what="comparison")
 
 
+#: The comparison's two generated worlds: SR training, and held-out TrueMatch evaluation.
+WORLDS = ("sr-world", "truematch-eval")
 #: Stages a comparison can take from another one (``reuse_from``), with the file that marks each finished.
 SHARED_STAGES = {"mle-pretrain": "final/config.json", "mle": "final/config.json", "sr-world": "metadata.jsonl",
                  "truematch-eval": "metadata.jsonl"}
@@ -304,9 +306,9 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     }
     stages = (["mle-pretrain"] if pretrain_set else []) + ["mle"] + [p.parent.name for d in runs.values() for p in d]
     stage_times = {name: stage_seconds(out / name) for name in stages}
-    for w in ("sr-world", "truematch-eval"):  # a linked world's time is kept beside it, where it was made
+    for w in WORLDS:  # a world's time is kept beside it, in the comparison that made it (linked or not)
         made = (out / w).resolve()
-        known = StageTimings(made.parent / "timings.json").data if made.parent != out.resolve() else world_times.data
+        known = StageTimings(made.parent / "timings.json").data
         if made.name in known:
             stage_times[w] = known[made.name]
     stage_times["evaluation"] = round(time.perf_counter() - t_eval, 1)
@@ -428,7 +430,7 @@ def markdown_table(result: dict) -> str:
     if result.get("stage_time_s") is not None:
         text += (f" (this invocation); the whole comparison {result['stage_time_s']:.0f} s, the sum of its stages "
                  "as each was made (stage_times_s in the JSON")
-        unknown = [w for w in ("sr-world", "truematch-eval") if w not in result.get("stage_times_s", {})]
+        unknown = [w for w in WORLDS if w not in result.get("stage_times_s", {})]
         its = "their times were" if len(unknown) > 1 else "its time was"
         text += f"; {' and '.join(unknown)} made before {its} kept)" if unknown else ")"
     by_edit = result.get("by_edit") or {}
