@@ -428,13 +428,14 @@ def _load_source(cfg: TIDAConfig) -> _Source:
     world_seed = cfg.world_seed
     world_json = Path(ds.root) / "world.json"
     if world_seed is None and world_json.is_file():
-        try:
-            world_seed = int(json.loads(world_json.read_text())["seed"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            from vlm.data import DatasetFormatError
+        from vlm.data import DatasetFormatError, read_json
 
-            raise DatasetFormatError(f"not a world marker with an integer 'seed' ({err}); pass --world-seed",
-                                     file=world_json, field="seed") from err
+        marker = read_json(world_json, "world marker", error=DatasetFormatError, fix="pass --world-seed")
+        seed = marker.get("seed") if isinstance(marker, dict) else None
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise DatasetFormatError(f"not a world marker with an integer 'seed' (got {seed!r}); pass --world-seed",
+                                     file=world_json, field="seed")
+        world_seed = seed
     return _Source(Path(ds.root), records, source_file, lines, list(ds.skipped), world_seed)
 
 
@@ -585,7 +586,9 @@ def _check_out(out: Path, settings: dict[str, Any], data: Path) -> None:
         raise ValueError(f"--out {out} is inside --data {data}; write the augmented dataset elsewhere")
     path = out / CONFIG_FILE
     if path.is_file():
-        before = json.loads(path.read_text())
+        from vlm.data import read_json
+
+        before = read_json(path, "TIDA job settings file", fix="delete it to start the job anew, or pass a new --out")
         if before != settings:
             diff = sorted(k for k in set(before["settings"]) | set(settings["settings"])
                           if before["settings"].get(k) != settings["settings"].get(k))
@@ -833,13 +836,13 @@ def merge_tida(out: str | Path) -> dict:
 
     Raises ``ValueError`` naming the shards that are not finished. Returns the report.
     """
-    from vlm.data import ImageFolderWriter, atomic_write_text, record_from_json
+    from vlm.data import ImageFolderWriter, atomic_write_text, read_json, record_from_json
 
     out = Path(out)
     conf_path = out / CONFIG_FILE
     if not conf_path.is_file():
         raise FileNotFoundError(f"{conf_path} not found: {out} is not the output of `python -m augment tida`")
-    settings = json.loads(conf_path.read_text())
+    settings = read_json(conf_path, "TIDA job settings file")
     n = settings["settings"]["num_shards"]
     waiting = [i for i in range(n) if not _complete(out, i, n)]
     if waiting:

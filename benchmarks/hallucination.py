@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write results + report here")
     args = p.parse_args(argv)
 
+    from benchmarks.captions.io import CaptionInputError, load_predictions
     from benchmarks.report import write_results
     from vlm.data import read_imagefolder
     from vlm.world import Scene
@@ -72,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _add_scores(results, f"field:{f}", fact_scores(caps, scenes, by_kind=True))
     for path in args.captions:
-        preds = {str(k): v for k, v in json.loads(Path(path).read_text()).items()}
+        try:
+            preds = load_predictions(path)  # {id: caption} or COCO results, bad files named
+        except (OSError, CaptionInputError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         unknown = set(preds) - set(scenes)
         if unknown:
             print(f"error: {path}: ids not in the dataset, e.g. {sorted(unknown)[0]!r}", file=sys.stderr)

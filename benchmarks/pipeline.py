@@ -26,15 +26,12 @@ logger = logging.getLogger(__name__)
 
 
 def _world(out: Path, n: int, seed: int, progress: bool) -> Path:
-    from vlm.world import generate_world, resolve_config
+    from vlm.world import generate_world, resolve_config, world_matches
 
     world_dir = out / "world"
-    marker = world_dir / "world.json"
-    if marker.exists():
-        meta = json.loads(marker.read_text())
-        if meta.get("seed") == seed and meta.get("n") == n and meta.get("preset") == "captioning":
-            logger.info("reusing world at %s", world_dir)
-            return world_dir
+    if world_matches(world_dir, seed=seed, n=n, preset="captioning"):
+        logger.info("reusing world at %s", world_dir)
+        return world_dir
     generate_world(world_dir, n=n, seed=seed, config=resolve_config("captioning"), overwrite=True,
                    progress=progress)
     return world_dir

@@ -150,11 +150,12 @@ class StageTimings:
     comparison resumed or extended over several invocations still reports what the whole of it cost."""
 
     def __init__(self, path: str | os.PathLike):
+        from vlm.data import read_json
+
         self.path = Path(path)
-        try:
-            self.data: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        except ValueError as e:
-            raise ValueError(f"{self.path}: not a stage-timings JSON ({e}); delete it to start the timings anew") from e
+        self.data: dict[str, float] = (read_json(self.path, "stage-timings JSON",
+                                                 fix="delete it to start the timings anew")
+                                       if self.path.is_file() else {})
 
     def record(self, stage: str, seconds: float) -> None:
         """Store (or replace) one stage's time and write the file at once."""

@@ -115,15 +115,13 @@ def plan_shared_stages(out: Path, source: Path, settings: dict, seeds: Sequence[
     comparison of another curriculum trains neither the same MLE captioner nor the same random arms again; the
     second are made anew (say, the brief MLE stage with other ``mle_set`` fields, from a shared pretraining
     stage), as is everything that depends on them. A stage ``out`` already has is kept."""
+    from vlm.data import read_json
+
     source = Path(source)
     saved = source / "sr_bagcurri_config.json"
     if not saved.is_file():
         raise FileNotFoundError(f"reuse_from: {source} is not a comparison folder (no sr_bagcurri_config.json)")
-    try:
-        saved_settings = json.loads(saved.read_text())
-    except ValueError as err:
-        raise ValueError(f"reuse_from: {saved}: not valid JSON ({err})") from None
-    theirs = _stage_inputs(saved_settings, source=str(saved), seeds=seeds)
+    theirs = _stage_inputs(read_json(saved, "comparison config (reuse_from)"), source=str(saved), seeds=seeds)
     ours = _stage_inputs(json.loads(json.dumps(settings)), source="this comparison", seeds=seeds)
     arms = {f"{v}-s{s}": "summary.json" for s in seeds for v in VARIANTS}
     plan: dict[str, Path] = {}
@@ -159,11 +157,12 @@ def stage_seconds(stage_dir: Path) -> float:
     """How long a finished training stage took to make, from its own ``summary.json`` (``total_time_s`` of an
     MLE stage, ``wall_time_s`` of an SR arm; both count a resumed run's interrupted process up to its last
     checkpoint). So a stage made by an earlier invocation, or linked by ``--reuse-from``, counts what it cost."""
+    from vlm.data import read_json
+
     f = Path(stage_dir) / "summary.json"
-    try:
-        summary = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{f}: cannot read the stage summary ({e})") from e
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} not found: {stage_dir} is not a finished training stage")
+    summary = read_json(f, "stage summary")
     seconds = summary.get("total_time_s", summary.get("wall_time_s")) if isinstance(summary, dict) else None
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
         raise ValueError(f"{f}: no total_time_s or wall_time_s (seconds) in the stage summary")

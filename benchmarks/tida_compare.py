@@ -164,11 +164,12 @@ def build_world(cfg: TIDACompareConfig, out: Path, timings: StageTimings) -> Pat
 def build_tida(cfg: TIDACompareConfig, world: Path, out: Path, timings: StageTimings) -> dict:
     """TIDA on the world's train split (reused when its report exists; an interrupted job resumes)."""
     from augment import TIDAConfig, run_tida
+    from vlm.data import read_json
 
     tida = out / "tida"
     report_file = tida / "tida_report.json"
     if report_file.is_file():
-        return json.loads(report_file.read_text())
+        return read_json(report_file, "TIDA report", fix="delete it to run TIDA's report again")
     t = time.perf_counter()
     report = run_tida(TIDAConfig(data=str(world), out=str(tida), split="train", skills=SKILLS,
                                  skill_files=list(cfg.skill_files),
@@ -218,7 +219,7 @@ def train_arm(cfg: TIDACompareConfig, arm: str, seed: int, world: Path, tida: Pa
 def caption_splits(cfg: TIDACompareConfig, run_dir: Path, splits: dict, timings: StageTimings) -> dict[str, dict]:
     """``{split: {id: caption}}`` of one captioner (each split's file reused when present)."""
     from vlm.caption import caption_records
-    from vlm.data import atomic_write_text
+    from vlm.data import atomic_write_text, read_json
 
     preds, model = {}, None
     for split, ds in splits.items():
@@ -233,7 +234,7 @@ def caption_splits(cfg: TIDACompareConfig, run_dir: Path, splits: dict, timings:
                                    progress=cfg.progress)
             atomic_write_text(path, json.dumps(caps, indent=1, sort_keys=True) + "\n", fsync=False)
             timings.record(f"caption/{run_dir.name}/{split}", time.perf_counter() - t)
-        preds[split] = json.loads(path.read_text())
+        preds[split] = read_json(path, "predictions file", fix="delete it to caption the split again")
     return preds
 
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from vlm.data import DatasetFormatError, resolve_inside
+from vlm.data import DatasetFormatError, read_json, resolve_inside
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -182,10 +182,7 @@ def load_bags_json(bags_file: str | os.PathLike, images_dir: str | os.PathLike, 
         raise FileNotFoundError(f"bags file {bags_file} not found")
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} not found")
-    try:
-        obj = json.loads(bags_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DatasetFormatError(f"invalid JSON ({e})", file=bags_file) from None
+    obj = read_json(bags_file, "bags file", error=DatasetFormatError)
     if not isinstance(obj, dict) or not obj:
         raise DatasetFormatError('must be a non-empty object {"3": [[id, id, id], ...], "5": ...} of bags per '
                                  f"bag size, got {type(obj).__name__}", file=bags_file)
@@ -330,10 +327,7 @@ def read_captions(source: str | os.PathLike, data: TrueMatchData) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"captions file {path} not found (or use reference:dense_caption / "
                                 "reference:first on a world)")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DatasetFormatError(f"invalid JSON ({e})", file=path) from None
+    obj = read_json(path, "captions file", error=DatasetFormatError)
     if isinstance(obj, list):
         pairs = []
         for k, row in enumerate(obj):

@@ -456,7 +456,7 @@ def test_reference_errors_name_the_file_and_the_item(tmp_path):
                                                                         {"caption": "b"}]}))
     bad = tmp_path / "broken.json"
     bad.write_text('{"1": ["a",]}')
-    with pytest.raises(CaptionInputError, match=r"broken\.json: not valid JSON \(line 1"):
+    with pytest.raises(CaptionInputError, match=r"broken\.json line 1: not a valid .* file \(column"):
         load_references(bad)
 
 

@@ -389,7 +389,7 @@ def test_karpathy_missing_image_and_bad_json(tmp_path):
     with pytest.raises(DatasetFormatError, match="COCO_val2014_000000000000.jpg does not exist"):
         read_karpathy_json(path, tmp_path)
     path.write_text('{"images": [\n  {"filename": "a.jpg",,}\n]}')
-    with pytest.raises(DatasetFormatError, match=r"dataset_coco\.json line 2: invalid JSON"):
+    with pytest.raises(DatasetFormatError, match=r"dataset_coco\.json line 2: not a valid Karpathy split JSON \(column 24"):
         read_karpathy_json(path, tmp_path)
 
 
@@ -591,3 +591,38 @@ def test_public_names_are_exported():
     for name in vlm.data.__all__:
         assert hasattr(vlm.data, name), name
     assert isinstance(read_imagefolder.__doc__, str) and CaptionDataset.__doc__
+
+
+def test_read_json_names_the_file_line_and_column_in_the_callers_error(tmp_path):
+    from benchmarks.captions.io import CaptionInputError
+    from vlm.data import read_json
+
+    f = tmp_path / "summary.json"
+    f.write_text('{"a": 1,\n  "b": [1, 2,]\n}')
+    with pytest.raises(ValueError) as e:
+        read_json(f, "stage summary", fix="delete it")
+    assert str(e.value).startswith(f"{f} line 2: not a valid stage summary (column 14: ")
+    assert str(e.value).endswith("; delete it") and type(e.value) is ValueError
+    with pytest.raises(DatasetFormatError) as e:  # the dataset error gets the file and line as fields
+        read_json(f, "bags file", error=DatasetFormatError)
+    assert (e.value.file, e.value.line) == (str(f), 2) and e.value.reason.startswith("not a valid bags file")
+    with pytest.raises(CaptionInputError, match=r"summary\.json line 2: not a valid predictions file"):
+        read_json(f, "predictions file", error=CaptionInputError)
+    f.write_bytes(b'{"caption": "caf\xe9"}')  # Latin-1, not UTF-8: no line to name
+    with pytest.raises(ValueError, match=r"summary\.json: not a valid JSON file: not UTF-8 text"):
+        read_json(f)
+    f.write_text('{"caption": "café", "n": [1, 2]}', encoding="utf-8")
+    assert read_json(f) == {"caption": "café", "n": [1, 2]}
+    with pytest.raises(FileNotFoundError):  # whether a missing file is an error is the caller's question
+        read_json(tmp_path / "missing.json")
+
+
+def test_world_settings_read_a_finished_world_and_name_a_damaged_marker(tmp_path):
+    from vlm.world import generate_world, world_matches, world_settings
+
+    out = generate_world(tmp_path / "w", n=3, seed=5, preset="vqa", image_size=32)
+    assert world_settings(out)["n"] == 3 and world_matches(out, preset="vqa", n=3, seed=5)
+    assert not world_matches(out, preset="vqa", n=3, seed=6) and not world_matches(tmp_path / "none", n=3)
+    (out / "world.json").write_text('{"n": 3,')
+    with pytest.raises(ValueError, match=r"w/world\.json line 1: not a valid world marker .*delete the folder"):
+        world_matches(out, n=3)

@@ -21,9 +21,9 @@ def test_stage_seconds_reads_the_summary_and_names_a_bad_one(tmp_path):
     with pytest.raises(ValueError, match=r"sr.summary\.json: no total_time_s or wall_time_s"):
         stage_seconds(tmp_path / "sr")
     (tmp_path / "sr" / "summary.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"sr.summary\.json: cannot read the stage summary"):
+    with pytest.raises(ValueError, match=r"sr.summary\.json line 1: not a valid stage summary \(column 2"):
         stage_seconds(tmp_path / "sr")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(FileNotFoundError, match="missing is not a finished training stage"):
         stage_seconds(tmp_path / "missing")
 
 
@@ -38,7 +38,7 @@ def test_stage_timings_persist_across_invocations_and_name_a_corrupt_file(tmp_pa
     again.record("world", 10)  # a stage made again replaces its time
     assert StageTimings(tmp_path / "timings.json").total == 110.0
     (tmp_path / "timings.json").write_text("{oops")
-    with pytest.raises(ValueError, match=r"timings\.json: not a stage-timings JSON"):
+    with pytest.raises(ValueError, match=r"timings\.json line 1: not a valid stage-timings JSON .*; delete it"):
         StageTimings(tmp_path / "timings.json")
 
 
@@ -227,7 +227,7 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
             run(tmp_path / "bad", [0], **kw, reuse_from=tmp_path)
         (tmp_path / "broken").mkdir()
         (tmp_path / "broken" / "sr_bagcurri_config.json").write_text("{not json")
-        with pytest.raises(ValueError, match=r"broken/sr_bagcurri_config.json: not valid JSON"):
+        with pytest.raises(ValueError, match=r"broken/sr_bagcurri_config.json line 1: not a valid comparison config"):
             run(tmp_path / "bad", [0], **kw, reuse_from=tmp_path / "broken")
         assert not (tmp_path / "bad").exists()  # refused before any folder is made
         with pytest.raises(ValueError, match="other settings"):

@@ -341,7 +341,7 @@ def test_public_layout_missing_image_names_the_file_and_the_bag(public):
 
 
 @pytest.mark.parametrize("content, words", [
-    ('{"3": [["A", "B", "C"]', "invalid JSON"),
+    ('{"3": [["A", "B", "C"]', "line 1: not a valid bags file"),
     ('[["A", "B", "C"]]', "non-empty object"),
     ('{"three": [["A", "B", "C"]]}', "not a bag size"),
     ('{"3": [["A", "B"]]}', "must hold 3 image ids, got 2"),

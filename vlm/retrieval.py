@@ -37,7 +37,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
-from vlm.data import file_identity
+from vlm.data import file_identity, read_json
 from vlm.devices import autocast
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -203,10 +203,7 @@ def _register_config_file(model_name: str) -> tuple[str, str | None]:
         raise FileNotFoundError(f"open_clip model config {path} not found")
     import open_clip
 
-    try:
-        cfg = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    cfg = read_json(path, "open_clip model config")
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
     if missing:
         raise ValueError(f"{path}: an open_clip model config needs the keys {missing} (see open_clip's "

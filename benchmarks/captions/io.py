@@ -24,8 +24,9 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from vlm.data.io import read_json
 
 __all__ = ["CaptionInputError", "check_pairing", "load_predictions", "load_references", "parse_predictions",
            "parse_references"]
@@ -39,12 +40,7 @@ def _read_json(path: str | Path, what: str):
     p = Path(path)
     if not p.is_file():
         raise CaptionInputError(f"{what} file {p} does not exist")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CaptionInputError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise CaptionInputError(f"{p}: not UTF-8 text ({e})") from None
+    return read_json(p, f"{what} file", error=CaptionInputError)
 
 
 def _caption(value, where: str) -> str:

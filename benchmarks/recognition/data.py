@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -327,7 +326,7 @@ def world_finegrained_data(*, n: int = 1200, size: int = 64, seed: int = 0,
         >>> d.n_classes, len(d.train) + len(d.test) <= 24, d.train.images[0].size
         (12, True, (32, 32))
     """
-    from vlm.world import FINE_CLASSES, generate_world, resolve_config
+    from vlm.world import FINE_CLASSES, generate_world, resolve_config, world_settings
 
     if n < 24:
         raise ValueError(f"world-finegrained needs n >= 24 (two images per class on average), got {n}")
@@ -345,7 +344,7 @@ def world_finegrained_data(*, n: int = 1200, size: int = 64, seed: int = 0,
             if not (folder / "world.json").is_file():
                 raise
         logger.info("generated world-finegrained (n=%d, size=%d, seed=%d) in %s", n, size, seed, folder)
-    meta = json.loads((folder / "world.json").read_text())
+    meta = world_settings(folder) or {}
     if (meta.get("n"), meta.get("image_size"), meta.get("seed")) != (n, size, seed):
         raise ValueError(f"{folder}/world.json describes n={meta.get('n')}, size={meta.get('image_size')}, "
                          f"seed={meta.get('seed')}, not n={n}, size={size}, seed={seed}; delete the folder")

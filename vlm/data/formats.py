@@ -9,14 +9,13 @@ written with ``write_imagefolder``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from vlm.data.io import _ErrorPolicy, check_image_file
+from vlm.data.io import _ErrorPolicy, check_image_file, read_json
 from vlm.data.records import CaptionDataset, DatasetFormatError, Record, resolve_inside
 
 logger = logging.getLogger(__name__)
@@ -117,12 +116,7 @@ def read_karpathy_json(
             f"Karpathy split file {path} not found; it is dataset_flickr30k.json / dataset_coco.json from "
             "Karpathy's caption_datasets.zip"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DatasetFormatError(f"invalid JSON: {e.msg} (column {e.colno})", file=path, line=e.lineno) from None
-    except UnicodeDecodeError as e:
-        raise DatasetFormatError(f"not UTF-8 ({e})", file=path) from None
+    data = read_json(path, "Karpathy split JSON", error=DatasetFormatError)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetFormatError(
             "expected an object with an 'images' list (Karpathy's format); is this the right file?",

@@ -94,6 +94,42 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True)
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
+def read_json(
+    path: str | os.PathLike, what: str = "JSON file", *, error: type[ValueError] = ValueError, fix: str = ""
+) -> Any:
+    """Parse the JSON file at ``path``, or raise ``error`` naming the file and, for bad syntax, its line and column.
+
+    The one way the package reads a JSON file a person or an interrupted job may have damaged: summaries,
+    markers, configs, predictions. A missing file is the caller's question (``FileNotFoundError`` passes
+    through). ``what`` says what the file is ("stage summary"), ``fix`` what to do about it, and ``error`` is
+    the caller's ``ValueError`` subclass; ``DatasetFormatError`` is given the file and line as fields.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "summary.json"
+        >>> _ = f.write_text('{"steps": 3,\\n "loss": }')
+        >>> read_json(f, "stage summary", fix="delete it to rerun the stage")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: .../summary.json line 2: not a valid stage summary (column 10: Expecting value); delete it ...
+        >>> _ = f.write_text('{"steps": 3}')
+        >>> read_json(f)
+        {'steps': 3}
+    """
+    path = Path(path)
+    text = path.read_bytes()
+    fix = f"; {fix}" if fix else ""
+    try:
+        return json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        reason, line = f"not a valid {what}: not UTF-8 text ({e}){fix}", None
+    except json.JSONDecodeError as e:
+        reason, line = f"not a valid {what} (column {e.colno}: {e.msg}){fix}", e.lineno
+    if issubclass(error, DatasetFormatError):
+        raise error(reason, file=path, line=line) from None
+    raise error(f"{path}{f' line {line}' if line else ''}: {reason}") from None
+
+
 def guard_run_settings(path: str | os.PathLike, settings: dict, *, what: str = "run") -> None:
     """Keep a resumable run folder to one set of settings: the first call writes ``settings`` (JSON) to
     ``path``; a later call with other settings raises ``ValueError`` naming the keys that differ (compared as
@@ -114,7 +150,7 @@ def guard_run_settings(path: str | os.PathLike, settings: dict, *, what: str = "
     if not path.is_file():
         atomic_write_text(path, json.dumps(want, indent=2, sort_keys=True) + "\n", fsync=False)
         return
-    have = json.loads(path.read_text(encoding="utf-8"))
+    have = read_json(path, f"{what} settings file", fix="delete it to start the folder anew, or pass a new --out")
     if have != want:
         diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         raise ValueError(f"{path.parent} holds a {what} with other settings ({', '.join(diff)}); rerun with the same "

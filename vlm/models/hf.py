@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from vlm.data.io import read_json
+
 logger = logging.getLogger(__name__)
 
 # Processor outputs that are per-token (same length as input_ids) rather than image tensors.
@@ -151,7 +153,7 @@ class HFCaptioner:
                                        tokenizer=AutoTokenizer.from_pretrained(src))
         meta = {}
         if local.is_dir() and (local / _META_FILE).is_file():
-            meta = json.loads((local / _META_FILE).read_text())
+            meta = read_json(local / _META_FILE, "captioner settings file")
         return cls(model.to(device), processor, name=str(name_or_path),
                    max_caption_tokens=int(meta.get("max_caption_tokens", 64)))
 

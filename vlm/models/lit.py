@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
+from vlm.data.io import read_json
 from vlm.pretrained import ImageEncoder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -707,10 +708,7 @@ class LiTRetriever(nn.Module):
         if not config_file.is_file() or not weights_file.is_file():
             raise FileNotFoundError(f"{folder} is not a saved LiT retriever: it needs {CONFIG_FILE} and "
                                     f"{WEIGHTS_FILE} (write them with LiTRetriever.save_pretrained)")
-        try:
-            saved = json.loads(config_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_file} line {err.lineno}: not valid JSON ({err.msg})") from None
+        saved = read_json(config_file, "LiT retriever config")
         if not isinstance(saved, dict) or saved.get("format") != LIT_FORMAT:
             raise ValueError(f"{config_file}: field 'format' must be {LIT_FORMAT!r}, got "
                              f"{saved.get('format') if isinstance(saved, dict) else saved!r}")

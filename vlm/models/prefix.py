@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from vlm.data.io import read_json
+
 logger = logging.getLogger(__name__)
 
 _TRAINING_MODES = ("frozen", "lora", "full")
@@ -462,7 +464,7 @@ class PrefixCaptioner(nn.Module):
         cfg_file = folder / "config.json"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file} not found: not a saved PrefixCaptioner folder")
-        cfg = PrefixCaptionerConfig.from_dict(json.loads(cfg_file.read_text()))
+        cfg = PrefixCaptionerConfig.from_dict(read_json(cfg_file, "PrefixCaptioner config"))
         tok = None
         if cfg.language_model == "scratch":
             from vlm.models.tokenizer import load_caption_tokenizer

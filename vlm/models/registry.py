@@ -12,6 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from vlm.data.io import read_json
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
 
@@ -19,10 +21,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 def _configs() -> dict[str, dict]:
     out = {}
     for path in sorted(CONFIG_DIR.glob("*.json")):
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON: {err}") from err
+        d = read_json(path, "model config")
         if "kind" not in d or "config" not in d:
             raise ValueError(f"{path}: a model config needs 'kind' and 'config' fields")
         out[path.stem] = d

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from vlm.data.io import read_json
+
 
 def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
@@ -113,10 +115,11 @@ def load_checkpoint(ckpt: str | Path, *, optimizer: torch.optim.Optimizer, sched
 
     ckpt = Path(ckpt)
     model_state = load_file(str(ckpt / "model.safetensors"))
+    fix = f"delete {ckpt} to resume from the checkpoint before it"
     opt = _join_optimizer_state(load_file(str(ckpt / "optimizer.safetensors")),
-                                json.loads((ckpt / "optimizer.json").read_text()))
+                                read_json(ckpt / "optimizer.json", "optimizer state", fix=fix))
     optimizer.load_state_dict(opt)
-    state = json.loads((ckpt / "trainer.json").read_text())
+    state = read_json(ckpt / "trainer.json", "trainer state", fix=fix)
     if scheduler is not None and state.get("scheduler"):
         sched = {k: v for k, v in state["scheduler"].items() if v is not None or k != "lr_lambdas"}
         sched.setdefault("lr_lambdas", [None] * len(optimizer.param_groups))

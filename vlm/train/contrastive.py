@@ -956,14 +956,6 @@ def retriever_recipe(name: str) -> tuple[tuple[tuple[str, int], ...], int, LiTTr
 RETRIEVER_NAMES = tuple(PACKAGE_RETRIEVERS.values())
 
 
-def _world_matches(folder: Path, preset: str, n: int, seed: int) -> bool:
-    marker = folder / "world.json"
-    if not marker.is_file():
-        return False
-    meta = json.loads(marker.read_text())
-    return meta.get("preset") == preset and meta.get("n") == n and meta.get("seed") == seed
-
-
 def make_worlds(root: str | os.PathLike, worlds: Sequence[tuple[str, int]], seed: int, *,
                 progress: bool = True) -> list[Path]:
     """Generate world datasets ``root/<preset>-s<seed>-n<n>`` (kept when an identical one exists).
@@ -973,12 +965,12 @@ def make_worlds(root: str | os.PathLike, worlds: Sequence[tuple[str, int]], seed
         >>> [p.name for p in make_worlds(tempfile.mkdtemp(), [("captioning", 4)], 3, progress=False)]
         ['captioning-s3-n4']
     """
-    from vlm.world import generate_world
+    from vlm.world import generate_world, world_matches
 
     out = []
     for preset, n in worlds:
         folder = Path(root) / f"{preset}-s{seed}-n{n}"
-        if not _world_matches(folder, preset, n, seed):
+        if not world_matches(folder, preset=preset, n=n, seed=seed):
             generate_world(folder, n=n, seed=seed, preset=preset, overwrite=True, progress=progress)
         out.append(folder)
     return out

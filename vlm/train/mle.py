@@ -147,9 +147,9 @@ def resolve_dataset(cfg: MLEConfig, *, is_main: bool = True):
 
     if cfg.train_data == "world":
         root = Path(cfg.out_dir) / "world"
-        marker = root / "world.json"
-        want = {"preset": cfg.world_preset, "n": cfg.world_n, "seed": cfg.world_seed}
-        if is_main and not (marker.exists() and all(json.loads(marker.read_text()).get(k) == v for k, v in want.items())):
+        from vlm.world import world_matches
+
+        if is_main and not world_matches(root, preset=cfg.world_preset, n=cfg.world_n, seed=cfg.world_seed):
             from vlm.world import generate_world
 
             generate_world(root, n=cfg.world_n, seed=cfg.world_seed, preset=cfg.world_preset, overwrite=True,

@@ -8,7 +8,7 @@ Example:
 
 from vlm.world.generate import (EDITS, PRESETS, TIDA_CORRELATIONS, Correlation, WorldConfig, WorldItem,
                                 edit_scene, generate_world, iter_world, resolve_config, sample_bag,
-                                sample_scene)
+                                sample_scene, world_matches, world_settings)
 from vlm.world.language import (content_caption, dense_caption, fine_grained_captions, human_captions, noun_phrase,
                                 questions)
 from vlm.world.render import render
@@ -20,5 +20,5 @@ __all__ = [
     "SHAPES", "SIZES", "Scene", "TIDA_COLORS", "TIDA_CORRELATIONS", "Thing", "WorldConfig", "WorldItem",
     "content_caption", "dense_caption", "edit_scene", "fine_grained_captions", "generate_world", "human_captions",
     "iter_world", "noun_phrase", "questions", "relation", "relations", "render", "resolve_config", "sample_bag",
-    "sample_scene",
+    "sample_scene", "world_matches", "world_settings",
 ]

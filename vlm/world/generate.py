@@ -461,6 +461,48 @@ def resolve_config(preset: str = "captioning", **overrides) -> WorldConfig:
     return WorldConfig(**{**asdict(base), "correlations": base.correlations, **overrides})
 
 
+WORLD_FILE = "world.json"
+
+
+def world_settings(folder: str | Path) -> dict | None:
+    """The settings a finished world in ``folder`` was generated with (its ``world.json``: the resolved
+    :class:`WorldConfig` plus ``seed`` and ``n``), or ``None`` where no world was finished there.
+
+    ``generate_world`` writes the file last, so a folder with it holds every image; a damaged file raises
+    ``ValueError`` naming it.
+
+    Example:
+        >>> import tempfile
+        >>> out = generate_world(tempfile.mkdtemp(), n=2, seed=3, preset="vqa", image_size=32)
+        >>> s = world_settings(out)
+        >>> s["preset"], s["n"], s["seed"], world_settings(out / "images")
+        ('vqa', 2, 3, None)
+    """
+    from vlm.data.io import read_json
+
+    marker = Path(folder) / WORLD_FILE
+    if not marker.is_file():
+        return None
+    settings = read_json(marker, "world marker", fix="delete the folder to generate the world anew")
+    if not isinstance(settings, dict):
+        raise ValueError(f"{marker}: not a world marker (a JSON object), got {type(settings).__name__}")
+    return settings
+
+
+def world_matches(folder: str | Path, **want) -> bool:
+    """Whether ``folder`` holds a finished world generated with these settings (say ``preset=``, ``n=``,
+    ``seed=``), so that a job can reuse it instead of generating it again.
+
+    Example:
+        >>> import tempfile
+        >>> out = generate_world(tempfile.mkdtemp(), n=2, seed=3, preset="vqa", image_size=32)
+        >>> world_matches(out, preset="vqa", n=2, seed=3), world_matches(out, preset="vqa", n=4, seed=3)
+        (True, False)
+    """
+    settings = world_settings(folder)
+    return settings is not None and all(settings.get(k) == v for k, v in want.items())
+
+
 def generate_world(out: str | Path, n: int, seed: int = 0, preset: str = "captioning", *,
                    config: WorldConfig | None = None, overwrite: bool = False, progress: bool = False,
                    **overrides) -> Path:
@@ -506,8 +548,8 @@ def generate_world(out: str | Path, n: int, seed: int = 0, preset: str = "captio
                                      extra=meta))
     cfg_dict = asdict(cfg)
     cfg_dict.update(seed=seed, n=n)
-    tmp = out / "world.json.tmp"
+    tmp = out / f"{WORLD_FILE}.tmp"
     tmp.write_text(json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out / "world.json")
+    tmp.replace(out / WORLD_FILE)
     logger.info("wrote %d images of world preset %r to %s", n, cfg.preset, out)
     return out
