@@ -186,3 +186,37 @@ def test_a_captioner_reads_a_lit_retrievers_tower_and_reloads_it_by_name(world, 
     plain = LiTRetriever(LiTConfig(image_encoder="scratch:test_efficientnet", embed_dim=16, image_size=64))
     with pytest.raises(ValueError, match="spatial features are the conv head's grid"):
         LiTImageTower(plain).features(px, kind="spatial")
+
+
+def test_model_configs_resolve_their_base_and_refuse_bad_ones(tmp_path, monkeypatch):
+    from vlm.models import registry
+
+    lit4 = registry.model_config("prefix-lit4-small")  # holds only the encoder it changes
+    lit = registry.model_config("prefix-lit-small")
+    assert lit4["config"] == {**lit["config"], "image_encoder": "finecap:lit-v4"} and lit4["kind"] == "prefix"
+    assert lit4["config"]["scratch_lm"] == lit["config"]["scratch_lm"] and "base" not in lit4
+    assert "lit-v4" in lit4["_comment"] and lit4["_comment"] != lit["_comment"]
+    assert registry.model_config("prefix-mid-pos-small")["config"] == {
+        **registry.model_config("prefix-mid-small")["config"], "mapper_positions": True}
+
+    def configs(files):
+        for name, text in files.items():
+            (tmp_path / f"{name}.json").write_text(text)
+        monkeypatch.setattr(registry, "CONFIG_DIR", tmp_path)
+        registry._configs.cache_clear()
+        try:
+            return registry._configs()
+        finally:
+            registry._configs.cache_clear()
+
+    got = configs({"a": '{"kind": "prefix", "config": {"x": 1, "lm": {"h": 2, "l": 3}}}',
+                   "b": '{"base": "a", "config": {"lm": {"h": 4}}}'})
+    assert got["b"] == {"kind": "prefix", "config": {"x": 1, "lm": {"h": 4, "l": 3}}}  # nested fields merge
+    with pytest.raises(ValueError, match=r"c\.json: field 'base': no shipped model config 'z'"):
+        configs({"c": '{"base": "z", "config": {}}'})
+    with pytest.raises(ValueError, match=r"field 'base': configs based on each other"):
+        configs({"c": '{"base": "d", "config": {}}', "d": '{"base": "c", "config": {}}'})
+    for f in tmp_path.glob("*.json"):
+        f.unlink()
+    with pytest.raises(ValueError, match=r"e\.json line 1: not a valid model config"):
+        configs({"e": '{"kind": '})

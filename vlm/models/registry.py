@@ -1,5 +1,8 @@
 """Models found by name: small JSON files in ``vlm/model_configs/``, like open_clip's model configs.
 
+A file holds ``kind`` and ``config`` (the model's fields), or names another file as its ``base`` and holds only
+the fields it changes (``{"base": "prefix-lit-small", "config": {"image_encoder": "finecap:lit-v4"}}``).
+
 ``list_models()`` names them; ``create_captioner(name)`` builds one (random trainable parts, pretrained
 frozen parts; ``hf-tiny-*``: a tiny random Hugging Face model of one family, for tests); a folder saved with
 ``save_pretrained`` or a Hugging Face image-to-text model (``hf:<id or folder>``) load through the same call.
@@ -17,15 +20,41 @@ from vlm.data.io import read_json
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
 
+def _merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s fields, nested objects merged field by field."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 @lru_cache(maxsize=None)
 def _configs() -> dict[str, dict]:
-    out = {}
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        d = read_json(path, "model config")
-        if "kind" not in d or "config" not in d:
-            raise ValueError(f"{path}: a model config needs 'kind' and 'config' fields")
-        out[path.stem] = d
-    return out
+    """Every shipped config by name, ``base`` resolved: a config that names another as its ``base`` holds only the
+    fields it changes (its own ``_comment`` kept), as ``base:`` does in the training YAMLs."""
+    raw = {path.stem: (path, read_json(path, "model config")) for path in sorted(CONFIG_DIR.glob("*.json"))}
+    out: dict[str, dict] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> dict:
+        if name not in out:
+            path, d = raw[name]
+            if not isinstance(d, dict):
+                raise ValueError(f"{path}: a model config is a JSON object, got {type(d).__name__}")
+            base = d.get("base")
+            if base is not None:
+                if base not in raw:
+                    raise ValueError(f"{path}: field 'base': no shipped model config {base!r}")
+                if base in chain:
+                    raise ValueError(f"{path}: field 'base': configs based on each other ({' -> '.join(chain)})")
+                d = _merged(resolve(base, (*chain, base)), {k: v for k, v in d.items() if k != "base"})
+            if "kind" not in d or "config" not in d:
+                raise ValueError(f"{path}: a model config needs 'kind' and 'config' fields (or a 'base' with them)")
+            out[name] = d
+        return out[name]
+
+    for name in raw:
+        resolve(name, (name,))
+    return dict(sorted(out.items()))
 
 
 def list_models(kind: str | None = None) -> list[str]:
