@@ -85,7 +85,8 @@ SHARED_STAGES = {"mle-pretrain": "final/config.json", "mle": "final/config.json"
 
 def _stage_inputs(settings: dict, *, source: str, seeds: Sequence[int] = ()) -> dict[str, dict]:
     """What each shareable stage of a comparison with these saved settings was made from (the SR arms of
-    ``seeds`` too: an arm is its MLE captioner, its world and its whole resolved config)."""
+    ``seeds`` too: an arm is its MLE captioner, its world and its whole resolved config). :func:`run` builds its
+    stages from these, and :func:`plan_shared_stages` compares them, so the two cannot drift apart."""
     from vlm.train.sr import SRConfig
 
     sr_set = settings.get("sr_set", {})
@@ -95,10 +96,11 @@ def _stage_inputs(settings: dict, *, source: str, seeds: Sequence[int] = ()) -> 
         raise ValueError(f"{source}: cannot read the comparison's SR settings ({err})") from None
     recipe = {"mle_recipe": settings.get("mle_recipe"), "model": settings.get("model")}
     mle_set, pretrain_set = settings.get("mle_set", {}), settings.get("pretrain_set", {})
-    inputs = {"mle-pretrain": {**recipe, "fields": {**mle_set, **pretrain_set}},  # as run() builds the stage
+    inputs = {"mle-pretrain": {**recipe, "fields": {**mle_set, **pretrain_set}},
               "mle": {**recipe, "mle_set": mle_set, "pretrain_set": pretrain_set},
               "sr-world": {"world_preset": base.world_preset, "world_n": base.world_n, "world_seed": base.world_seed},
-              "truematch-eval": {"eval_world_n": settings.get("eval_world_n", 1500), "world_seed": base.world_seed}}
+              "truematch-eval": {"eval_world_n": settings.get("eval_world_n", 1500),
+                                 "world_seed": base.world_seed + 100, "world_preset": "truematch"}}
     for variant in VARIANTS:
         config = {k: v for k, v in {**settings["sr_configs"][variant], **sr_set}.items() if k != "out_dir"}
         for seed in seeds:
@@ -219,6 +221,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         settings.update(mle_set=mle_set, sr_set=sr_set, eval_world_n=eval_world_n)
     if pretrain_set:
         settings["pretrain_set"] = pretrain_set
+    inputs = _stage_inputs(settings, source="this comparison", seeds=seeds)
     plan, not_reused = (plan_shared_stages(out, Path(reuse_from), settings, seeds) if reuse_from is not None
                         else ({}, {}))
     out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +233,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     pre_cfg = None
     if pretrain_set:
         pre_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle-pretrain"), progress=progress,
-                                      **{**over, **pretrain_set})
+                                      **{**inputs["mle-pretrain"]["fields"], **({"model": model} if model else {})})
         # the MLE stage fine-tunes the pretrained folder: its model_overrides are already in that model
         over = {k: v for k, v in over.items() if k != "model_overrides"}
         over["model"] = str(out / "mle-pretrain" / "final")
@@ -248,20 +251,22 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     sr_world = out / "sr-world"
     if not (sr_world / "metadata.jsonl").is_file():
         t = time.perf_counter()
-        generate_world(sr_world, n=base.world_n, seed=base.world_seed, preset=base.world_preset, progress=progress)
+        w = inputs["sr-world"]
+        generate_world(sr_world, n=w["world_n"], seed=w["world_seed"], preset=w["world_preset"], progress=progress)
         world_times.record("sr-world", time.perf_counter() - t)
     eval_world = out / "truematch-eval"
     if not (eval_world / "metadata.jsonl").is_file():
         t = time.perf_counter()
-        generate_world(eval_world, n=eval_world_n, seed=base.world_seed + 100, preset="truematch",
+        w = inputs["truematch-eval"]
+        generate_world(eval_world, n=w["eval_world_n"], seed=w["world_seed"], preset=w["world_preset"],
                        progress=progress)
         world_times.record("truematch-eval", time.perf_counter() - t)
     runs: dict[str, list[Path]] = {v: [] for v in VARIANTS}
     for seed in seeds:
         for variant in runs:
-            d = {**arm_fields[variant], **sr_set}
-            d.update(init_model=str(out / "mle" / "final"), train_data=str(sr_world), seed=seed,
-                     out_dir=str(out / f"{variant}-s{seed}"), retriever=retriever, progress=progress)
+            d = {**inputs[f"{variant}-s{seed}"]["config"], "init_model": str(out / "mle" / "final"),
+                 "train_data": str(sr_world), "seed": seed, "out_dir": str(out / f"{variant}-s{seed}"),
+                 "retriever": retriever, "progress": progress}
             run_dir = Path(d["out_dir"])
             if not (run_dir / "summary.json").is_file():
                 t = time.perf_counter()

@@ -389,7 +389,8 @@ def test_karpathy_missing_image_and_bad_json(tmp_path):
     with pytest.raises(DatasetFormatError, match="COCO_val2014_000000000000.jpg does not exist"):
         read_karpathy_json(path, tmp_path)
     path.write_text('{"images": [\n  {"filename": "a.jpg",,}\n]}')
-    with pytest.raises(DatasetFormatError, match=r"dataset_coco\.json line 2: not a valid Karpathy split JSON \(column 24"):
+    with pytest.raises(DatasetFormatError,
+                       match=r"dataset_coco\.json line 2: not a valid Karpathy split JSON \(column 24"):
         read_karpathy_json(path, tmp_path)
 
 
