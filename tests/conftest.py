@@ -39,3 +39,20 @@ def lit_world(tmp_path_factory):
 def feature_cache(tmp_path_factory):
     """One on-disk feature cache for the LiT tests (entries are keyed by encoder, kind and files)."""
     return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="session")
+def launch_two_cpu_processes():
+    """``launch(config, cwd)``: ``python -m vlm train --config config`` under ``accelerate launch`` with two CPU
+    processes (one thread each), as a user runs data-parallel training; returns the finished process."""
+    import subprocess
+    import sys
+
+    def launch(config, cwd):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               "-m", "vlm", "train", "--config", str(config)],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+    return launch

@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -150,15 +147,11 @@ def test_warmup_cosine_schedule():
 
 
 @pytest.mark.slow
-def test_two_process_accelerate_run_on_cpu(world_dir, tmp_path):
+def test_two_process_accelerate_run_on_cpu(world_dir, tmp_path, launch_two_cpu_processes):
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(f"model: prefix-tiny\ntrain_data: {world_dir / 'world'}\nvocab_size: 300\nepochs: 1\n"
                    f"batch_size: 16\nwarmup_steps: 1\nout_dir: {tmp_path / 'ddp'}\nprogress: false\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "-m", "vlm", "train", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    res = launch_two_cpu_processes(cfg, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["steps"] == -(-summary["examples"] // 16)

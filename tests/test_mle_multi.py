@@ -83,20 +83,12 @@ def test_config_checks_extra_train_data():
 
 
 @pytest.mark.slow
-def test_two_process_accelerate_run_on_two_folders(two_worlds, tmp_path):
-    import os
-    import subprocess
-    import sys
-
+def test_two_process_accelerate_run_on_two_folders(two_worlds, tmp_path, launch_two_cpu_processes):
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(f"model: prefix-tiny\ntrain_data: {two_worlds / 'a'}\nextra_train_data: [{two_worlds / 'b'}]\n"
                    f"vocab_size: 300\nepochs: 1\nbatch_size: 16\nwarmup_steps: 1\neval_split: ''\ntest_split: ''\n"
                    f"out_dir: {tmp_path / 'ddp'}\nprogress: false\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "-m", "vlm", "train", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    res = launch_two_cpu_processes(cfg, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     (_, ca), (_, cb) = _train_captions(two_worlds / "a"), _train_captions(two_worlds / "b")
