@@ -62,6 +62,9 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
     out.update({k: scores[k] for k in ("CIDEr", "Bleu_4", "facts_per_caption", "hallucination_rate",
                                        "mean_length_words", "vocabulary", "facts_by_kind", "hallucination_by_kind")})
     out["by_edit"] = {k: round(v["R@1"], 4) for k, v in tm.by_edit().items()}
+    # per bag, the share of its members that hit: what the confidence intervals of the differences resample
+    out["bag_hits"] = {str(size): [round(float(x), 4) for x in h.float().mean(dim=1)]
+                       for size, h in sorted(tm.scores.bag_hits.items())}
     return out
 
 
@@ -188,6 +191,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     (:func:`plan_shared_stages`; the result names them under ``reused``, and those made anew for differing inputs
     under ``not_reused``)."""
     from benchmarks.report import StageTimings
+    from benchmarks.truematch import bag_difference_ci
     from vlm.metrics import caption_scores
     from vlm.retrieval import load_retriever
     from vlm.train.mle import MLEConfig, check_config_keys, train_mle
@@ -301,6 +305,12 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         "cider_relative_change_pct": (round(100 * (table["sr-bagcurri"]["CIDEr"][0] / table["mle"]["CIDEr"][0] - 1), 2)
                                       if table["mle"]["CIDEr"][0] > 0 else None),  # None: the MLE scored 0
     }
+    for other in ("mle", "sr-random"):  # how sure: resampling the held-out bags (seeds averaged per bag)
+        if all("5" in r.get("bag_hits", {}) for k in ("sr-bagcurri", other) for r in scores[k]):
+            _, lo, hi = bag_difference_ci([r["bag_hits"]["5"] for r in scores["sr-bagcurri"]],
+                                          [r["bag_hits"]["5"] for r in scores[other]])
+            name = other.removeprefix("sr-")
+            checks[f"bagcurri_vs_{name}_R@1_bag5_ci95"] = [round(100 * lo, 2), round(100 * hi, 2)]
     checks["pass"] = {
         "R@1_bag5_+10_over_mle": checks["bagcurri_vs_mle_R@1_bag5_points"] >= 10,
         "R@1_bag5_+3_over_random": checks["bagcurri_vs_random_R@1_bag5_points"] >= 3,
@@ -437,6 +447,14 @@ def markdown_table(result: dict) -> str:
         unknown = [w for w in WORLDS if w not in result.get("stage_times_s", {})]
         its = "their times were" if len(unknown) > 1 else "its time was"
         text += f"; {' and '.join(unknown)} made before {its} kept)" if unknown else ")"
+    checks = result.get("checks") or {}
+    gaps = [f"{label} {checks[f'bagcurri_vs_{k}_R@1_bag5_points']:+.1f} points (95 % CI {lo:+.1f} to {hi:+.1f})"
+            for k, label in (("mle", "over MLE"), ("random", "over random distractors"))
+            if f"bagcurri_vs_{k}_R@1_bag5_ci95" in checks
+            for lo, hi in [checks[f"bagcurri_vs_{k}_R@1_bag5_ci95"]]]
+    if gaps:
+        text += ("\n\nSR + BagCurri on bags of 5: " + "; ".join(gaps) + ". The intervals resample the held-out bags "
+                 "(a paired bootstrap, seeds averaged per bag); the ± above is the spread over seeds.")
     by_edit = result.get("by_edit") or {}
     if by_edit.get("mle"):  # single edits only, in the MLE's order (most members first)
         kinds = [k for k in by_edit["mle"] if "+" not in k]

@@ -76,6 +76,12 @@ def test_table_rows_are_percent_for_recall_and_hallucination():
         "| SR + BagCurri | 20.0 (1.50) | 45.0 (1.60) |"]
     assert tail == ["| model | none | color |", "|---|---|---|", "| MLE | 40.0 | 50.0 |",
                     "| SR + BagCurri | 45.0 | 62.5 |"]
+    checks = {"bagcurri_vs_mle_R@1_bag5_points": 4.87, "bagcurri_vs_mle_R@1_bag5_ci95": [1.2, 8.53],
+              "bagcurri_vs_random_R@1_bag5_points": -0.4, "bagcurri_vs_random_R@1_bag5_ci95": [-3.0, 2.25]}
+    md3 = markdown_table({"seeds": [0], "wall_time_s": 1.0, "table": {"mle": row}, "checks": checks})
+    assert ("SR + BagCurri on bags of 5: over MLE +4.9 points (95 % CI +1.2 to +8.5); over random distractors -0.4 "
+            "points (95 % CI -3.0 to +2.2).") in md3
+    assert "95 % CI" not in markdown_table({"seeds": [0], "wall_time_s": 1.0, "table": {"mle": row}})
 
 
 def test_the_shipped_sr_arms_differ_only_in_their_curriculum():
@@ -158,6 +164,11 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
             assert 0 <= row["R@1/bag5"][0] <= 1 and row["R@1/bag5"][1] == 0.0 and row["CIDEr"][0] >= 0
         assert set(result["checks"]["pass"]) == {"R@1_bag5_+10_over_mle", "R@1_bag5_+3_over_random",
                                                  "hallucination_rise_<=2", "cider_drop_<=15%"}
+        for other in ("mle", "random"):  # the paired bootstrap interval holds the difference it is about
+            lo, hi = result["checks"][f"bagcurri_vs_{other}_R@1_bag5_ci95"]
+            assert lo <= result["checks"][f"bagcurri_vs_{other}_R@1_bag5_points"] <= hi
+        hits = result["per_seed"]["mle"][0]["bag_hits"]["5"]
+        assert sum(hits) / len(hits) == pytest.approx(result["table"]["mle"]["R@1/bag5"][0], abs=1e-3)
         assert result["sr_set"] == {"kl_coef": 0.1, "mle_coef": 0.1} and result["eval_world_n"] == 21
         # R@1 per edit kind on the held-out bags: every model scored on the same kinds, the first images included
         assert "none" in result["by_edit"]["mle"] and len({tuple(v) for v in result["by_edit"].values()}) == 1

@@ -242,6 +242,36 @@ def test_tie_with_a_distractor_is_a_miss():
     assert s.rd_hits.tolist() == [False, False, True]
 
 
+def test_bag_difference_ci_values_and_refusals():
+    # the same bags, a constant difference, or seeds that cancel out: nothing to resample, the interval is a point
+    assert tm.bag_difference_ci([[0.4, 0.8]], [[0.4, 0.8]]) == (0.0, 0.0, 0.0)
+    m, lo, hi = tm.bag_difference_ci([[0.6, 1.0, 0.4]], [[0.4, 0.8, 0.2]])
+    assert m == lo == hi == pytest.approx(0.2)
+    assert tm.bag_difference_ci([[0.8, 0.2], [0.4, 0.6]], [[0.6, 0.4]])[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="same bags"):
+        tm.bag_difference_ci([[0.2, 0.4, 0.6]], [[0.2, 0.4]])
+    with pytest.raises(ValueError, match="shapes"):
+        tm.bag_difference_ci([0.2, 0.4], [0.2, 0.4])
+
+
+def test_bag_difference_ci_narrows_with_more_bags_and_covers_the_true_difference():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    # per bag of 5, captioner a hits each member with p 0.7, b with p 0.6, both p shifted per bag (hard and easy bags)
+    def draw(n_bags):
+        shift = rng.uniform(-0.25, 0.25, n_bags)
+        return (rng.binomial(5, 0.7 + shift) / 5)[None], (rng.binomial(5, 0.6 + shift) / 5)[None]
+
+    m, lo, hi = tm.bag_difference_ci(*draw(100), seed=1)
+    assert lo < m < hi and tm.bag_difference_ci(*draw(100), seed=1) != (m, lo, hi)  # data, not the seed, moved it
+    widths = [np.mean([(lambda r: r[2] - r[1])(tm.bag_difference_ci(*draw(n), n_resamples=500)) for _ in range(20)])
+              for n in (100, 400)]
+    assert 0.4 < widths[1] / widths[0] < 0.6  # four times the bags, half the width
+    covered = [(lambda r: r[1] <= 0.1 <= r[2])(tm.bag_difference_ci(*draw(100), n_resamples=500)) for _ in range(200)]
+    assert 0.88 <= np.mean(covered) <= 0.99  # a 95 % interval holds the true difference about 95 % of the time
+
+
 def test_rd_distractors_are_seeded_distinct_and_never_the_target():
     a = tm.sample_distractors(50, 20, seed=3)
     assert torch.equal(a, tm.sample_distractors(50, 20, seed=3))
