@@ -99,8 +99,10 @@ def _stage_inputs(settings: dict, *, source: str, seeds: Sequence[int] = ()) -> 
         raise ValueError(f"{source}: cannot read the comparison's SR settings ({err})") from None
     recipe = {"mle_recipe": settings.get("mle_recipe"), "model": settings.get("model")}
     mle_set, pretrain_set = settings.get("mle_set", {}), settings.get("pretrain_set", {})
+    # fine-tuning a pretrained folder, the MLE stage takes its model_overrides from that model
+    mle_fields = {k: v for k, v in mle_set.items() if not (pretrain_set and k == "model_overrides")}
     inputs = {"mle-pretrain": {**recipe, "fields": {**mle_set, **pretrain_set}},
-              "mle": {**recipe, "mle_set": mle_set, "pretrain_set": pretrain_set},
+              "mle": {**recipe, "mle_set": mle_fields, "pretrain_set": pretrain_set},
               "sr-world": {"world_preset": base.world_preset, "world_n": base.world_n, "world_seed": base.world_seed},
               "truematch-eval": {"eval_world_n": settings.get("eval_world_n", 1500),
                                  "world_seed": base.world_seed + 100, "world_preset": "truematch"}}
@@ -233,14 +235,12 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     reused = _link(out, plan, seeds)
     for stage, keys in not_reused.items():
         logger.warning("reuse_from: %s made anew: %s differs from %s", stage, ", ".join(keys), Path(reuse_from) / stage)
-    over = {**mle_set, **({"model": model} if model else {})}
+    over = {**inputs["mle"]["mle_set"], **({"model": model} if model else {})}
     pre_cfg = None
     if pretrain_set:
         pre_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle-pretrain"), progress=progress,
                                       **{**inputs["mle-pretrain"]["fields"], **({"model": model} if model else {})})
-        # the MLE stage fine-tunes the pretrained folder: its model_overrides are already in that model
-        over = {k: v for k, v in over.items() if k != "model_overrides"}
-        over["model"] = str(out / "mle-pretrain" / "final")
+        over["model"] = str(out / "mle-pretrain" / "final")  # the MLE stage fine-tunes the pretrained folder
     # both configs are built (and checked) before anything trains
     mle_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle"), progress=progress, **over)
     if pre_cfg is not None and not (out / "mle-pretrain" / "final" / "config.json").is_file():
