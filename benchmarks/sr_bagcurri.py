@@ -44,8 +44,9 @@ def _load_yaml(path: Path) -> dict:
 
 
 def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world: Path, retriever: Any,
-                       progress: bool = False) -> dict:
-    """TrueMatch R@1 per bag size + caption quality and faithfulness of one trained captioner."""
+                       cache: Any = None, progress: bool = False) -> dict:
+    """TrueMatch R@1 per bag size + caption quality and faithfulness of one trained captioner. ``cache``: an
+    :class:`benchmarks.truematch.EmbeddingCache` for the held-out images' embeddings, which every captioner shares."""
     from benchmarks.truematch import _ProtocolDecoding, evaluate_truematch, load_world_bags
     from vlm.caption import caption_records, score_predictions
     from vlm.data import read_imagefolder
@@ -53,7 +54,7 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
 
     model = create_captioner(str(model_dir))
     tm = evaluate_truematch(load_world_bags(truematch_world), retriever, captioner=_ProtocolDecoding(model),
-                            progress=progress)
+                            cache=cache, progress=progress)
     out: dict[str, Any] = {k: round(v, 4) for k, v in tm.metrics.items()
                            if k.startswith("R@1/bag") and v is not None}
     test = read_imagefolder(caption_world, check_images=False).filter_split("test")
@@ -193,8 +194,9 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     (:func:`plan_shared_stages`; the result names them under ``reused``, and those made anew for differing inputs
     under ``not_reused``)."""
     from benchmarks.report import StageTimings
-    from benchmarks.truematch import bag_difference_ci
+    from benchmarks.truematch import EmbeddingCache, bag_difference_ci
     from vlm.metrics import caption_scores
+    from vlm.pretrained import cache_dir
     from vlm.retrieval import load_retriever
     from vlm.train.mle import MLEConfig, check_config_keys, train_mle
     from vlm.train.sr import SRConfig, train_sr
@@ -279,13 +281,15 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
             runs[variant].append(run_dir / "final")
     t_eval = time.perf_counter()
     retriever_spec, retriever = retriever, load_retriever(retriever)
+    cache = EmbeddingCache(cache_dir() / "truematch_embeddings")  # the held-out images are encoded once, not per model
     caption_world = out / "mle" / "world" if mle_cfg.train_data == "world" else Path(mle_cfg.train_data)
     scores: dict[str, list[dict]] = {"mle": [evaluate_captioner(out / "mle" / "final", truematch_world=eval_world,
                                                                  caption_world=caption_world,
-                                                                 retriever=retriever, progress=progress)]}
+                                                                 retriever=retriever, cache=cache,
+                                                                 progress=progress)]}
     for variant, dirs in runs.items():
         scores[variant] = [evaluate_captioner(p, truematch_world=eval_world, caption_world=caption_world,
-                                              retriever=retriever, progress=progress) for p in dirs]
+                                              retriever=retriever, cache=cache, progress=progress) for p in dirs]
     table, by_edit, by_fact = {}, {}, {}
     for name, rows in scores.items():
         table[name] = {k: _mean_std([r[k] for r in rows]) for k in rows[0] if not isinstance(rows[0][k], dict)}

@@ -167,6 +167,10 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         for other in ("mle", "random"):  # the paired bootstrap interval holds the difference it is about
             lo, hi = result["checks"][f"bagcurri_vs_{other}_R@1_bag5_ci95"]
             assert lo <= result["checks"][f"bagcurri_vs_{other}_R@1_bag5_points"] <= hi
+        from vlm.pretrained import cache_dir
+
+        # the held-out images' embeddings are kept once for every captioner scored on them
+        assert list((cache_dir() / "truematch_embeddings").glob("palette-*.safetensors"))
         hits = result["per_seed"]["mle"][0]["bag_hits"]["5"]
         assert sum(hits) / len(hits) == pytest.approx(result["table"]["mle"]["R@1/bag5"][0], abs=1e-3)
         assert result["sr_set"] == {"kl_coef": 0.1, "mle_coef": 0.1} and result["eval_world_n"] == 21
