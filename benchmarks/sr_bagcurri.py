@@ -13,6 +13,9 @@
    '.'): TrueMatch R@1 per bag size on a held-out truematch world (another seed, never trained on), and on
    the MLE world's test split, CIDEr-D against the references, the hallucination rate against the scene
    graphs (overall and per kind of fact: colours, counts, ...), caption length and vocabulary size.
+4. With ``--reference-set``, a reference MLE stage from the MLE stage's start with those fields too (e.g.
+   ``captions=dense``: the world's exact scene-graph captions, supervision of every detail SR is to teach) into
+   ``OUT/mle-reference``, scored beside the others: what direct supervision reaches under the same protocol.
 
 The table (mean and spread over seeds), R@1 per kind of edit between bag members (which details each model's
 captions tell apart), hallucination per kind of fact and the acceptance checks are written to
@@ -83,8 +86,8 @@ def _check_settings(out: Path, settings: dict) -> None:
 #: The comparison's two generated worlds: SR training, and held-out TrueMatch evaluation.
 WORLDS = ("sr-world", "truematch-eval")
 #: Stages a comparison can take from another one (``reuse_from``), with the file that marks each finished.
-SHARED_STAGES = {"mle-pretrain": "final/config.json", "mle": "final/config.json", "sr-world": "metadata.jsonl",
-                 "truematch-eval": "metadata.jsonl"}
+SHARED_STAGES = {"mle-pretrain": "final/config.json", "mle": "final/config.json", "mle-reference": "final/config.json",
+                 "sr-world": "metadata.jsonl", "truematch-eval": "metadata.jsonl"}
 
 
 def _stage_inputs(settings: dict, *, source: str, seeds: Sequence[int] = ()) -> dict[str, dict]:
@@ -104,6 +107,8 @@ def _stage_inputs(settings: dict, *, source: str, seeds: Sequence[int] = ()) -> 
     mle_fields = {k: v for k, v in mle_set.items() if not (pretrain_set and k == "model_overrides")}
     inputs = {"mle-pretrain": {**recipe, "fields": {**mle_set, **pretrain_set}},
               "mle": {**recipe, "mle_set": mle_fields, "pretrain_set": pretrain_set},
+              "mle-reference": {**recipe, "mle_set": mle_fields, "pretrain_set": pretrain_set,
+                                "reference_set": settings.get("reference_set", {})},
               "sr-world": {"world_preset": base.world_preset, "world_n": base.world_n, "world_seed": base.world_seed},
               "truematch-eval": {"eval_world_n": settings.get("eval_world_n", 1500),
                                  "world_seed": base.world_seed + 100, "world_preset": "truematch"}}
@@ -135,13 +140,14 @@ def plan_shared_stages(out: Path, source: Path, settings: dict, seeds: Sequence[
     plan: dict[str, Path] = {}
     differ: dict[str, list[str]] = {}
     for stage, marker in {**SHARED_STAGES, **arms}.items():
-        if stage == "mle-pretrain" and not settings.get("pretrain_set"):
+        if (stage == "mle-pretrain" and not settings.get("pretrain_set")) or (
+                stage == "mle-reference" and not settings.get("reference_set")):
             continue
         if (out / stage).exists() or (out / stage).is_symlink() or not (source / stage / marker).is_file():
             continue
         if theirs[stage] != ours[stage]:
             differ[stage] = sorted(k for k in ours[stage] if theirs[stage].get(k) != ours[stage][k])
-        elif stage == "mle" and "mle-pretrain" in differ:
+        elif stage in ("mle", "mle-reference") and "mle-pretrain" in differ:
             differ[stage] = ["mle-pretrain"]  # fine-tuned from a pretrained model this comparison makes anew
         elif stage in arms and {"mle", "sr-world"} & set(differ):
             differ[stage] = sorted({"mle", "sr-world"} & set(differ))  # trained from stages made anew
@@ -180,7 +186,8 @@ def stage_seconds(stage_dir: Path) -> float:
 def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-world-small.yaml",
         model: str | None = None, retriever: str | None = None, mle_set: dict | None = None,
         sr_set: dict | None = None, eval_world_n: int = 1500, sr_configs: dict[str, Path] | None = None,
-        pretrain_set: dict | None = None, reuse_from: str | Path | None = None, progress: bool = True) -> dict:
+        pretrain_set: dict | None = None, reference_set: dict | None = None, reuse_from: str | Path | None = None,
+        progress: bool = True) -> dict:
     """The whole comparison into ``out`` (finished stages reused). ``mle_config``: the MLE recipe; ``model``: a
     captioner overriding the recipe's (e.g. ``prefix-mid-pos-small``); ``retriever``: the reward and
     evaluation retriever overriding the SR configs' (e.g. ``finecap:lit-v2``); ``mle_set`` / ``sr_set``: more
@@ -189,8 +196,11 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     (default: the shipped ones); ``pretrain_set``: when given, an MLE pretraining stage first (the recipe with these
     fields, e.g. ``{"world_preset": "captioning", "world_seed": 7}``: other annotators on other images) into
     ``out/mle-pretrain``, from whose final model the MLE stage then fine-tunes; the comparison starts from that
-    MLE captioner as from any other; ``reuse_from``: another comparison's folder whose finished MLE stages,
-    worlds and SR arms this one would make identically, linked in rather than made again
+    MLE captioner as from any other; ``reference_set``: when given, a reference MLE stage from the same start as
+    the MLE stage with these fields as well (e.g. ``{"captions": "dense"}``: supervision of every detail SR is to
+    teach) into ``out/mle-reference``, scored beside the others as what direct supervision reaches;
+    ``reuse_from``: another comparison's folder whose finished MLE stages, worlds and SR arms this one would make
+    identically, linked in rather than made again
     (:func:`plan_shared_stages`; the result names them under ``reused``, and those made anew for differing inputs
     under ``not_reused``)."""
     from benchmarks.report import StageTimings
@@ -208,9 +218,11 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     check_config_keys(MLEConfig, mle_set, source="mle_set (--mle-set)")
     check_config_keys(SRConfig, sr_set, source="sr_set (--sr-set)")
     pretrain_set = dict(pretrain_set or {})
-    check_config_keys(MLEConfig, pretrain_set, source="pretrain_set (--pretrain-set)")
-    if {"model", "out_dir"} & set(pretrain_set):
-        raise ValueError("pretrain_set: model and out_dir are set by the comparison itself (use --model, --out)")
+    reference_set = dict(reference_set or {})
+    for name, fields in (("pretrain_set", pretrain_set), ("reference_set", reference_set)):
+        check_config_keys(MLEConfig, fields, source=f"{name} (--{name.replace('_', '-')})")
+        if {"model", "out_dir"} & set(fields):
+            raise ValueError(f"{name}: model and out_dir are set by the comparison itself (use --model, --out)")
     if "curriculum" in sr_set:
         raise ValueError("sr_set: the curriculum is what the comparison varies; give another BagCurri config "
                          "(--bagcurri-config, sr_configs)")
@@ -229,6 +241,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         settings.update(mle_set=mle_set, sr_set=sr_set, eval_world_n=eval_world_n)
     if pretrain_set:
         settings["pretrain_set"] = pretrain_set
+    if reference_set:
+        settings["reference_set"] = reference_set
     inputs = _stage_inputs(settings, source="this comparison", seeds=seeds)
     plan, not_reused = (plan_shared_stages(out, Path(reuse_from), settings, seeds) if reuse_from is not None
                         else ({}, {}))
@@ -245,6 +259,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         over["model"] = str(out / "mle-pretrain" / "final")  # the MLE stage fine-tunes the pretrained folder
     # both configs are built (and checked) before anything trains
     mle_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle"), progress=progress, **over)
+    ref_cfg = (MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle-reference"), progress=progress,
+                                   **{**over, **reference_set}) if reference_set else None)
     if pre_cfg is not None and not (out / "mle-pretrain" / "final" / "config.json").is_file():
         t = time.perf_counter()
         train_mle(pre_cfg, metrics_fn=caption_scores)
@@ -253,6 +269,10 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         t = time.perf_counter()
         train_mle(mle_cfg, metrics_fn=caption_scores)
         timings["mle_s"] = round(time.perf_counter() - t, 1)
+    if ref_cfg is not None and not (out / "mle-reference" / "final" / "config.json").is_file():
+        t = time.perf_counter()
+        train_mle(ref_cfg, metrics_fn=caption_scores)
+        timings["mle_reference_s"] = round(time.perf_counter() - t, 1)
     world_times = StageTimings(out / "timings.json")
     sr_world = out / "sr-world"
     if not (sr_world / "metadata.jsonl").is_file():
@@ -287,7 +307,11 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
                                                                  caption_world=caption_world,
                                                                  retriever=retriever, cache=cache,
                                                                  progress=progress)]}
-    for variant, dirs in runs.items():
+    if ref_cfg is not None:
+        runs_and_reference = {**runs, "mle-reference": [out / "mle-reference" / "final"]}
+    else:
+        runs_and_reference = dict(runs)
+    for variant, dirs in runs_and_reference.items():
         scores[variant] = [evaluate_captioner(p, truematch_world=eval_world, caption_world=caption_world,
                                               retriever=retriever, cache=cache, progress=progress) for p in dirs]
     table, by_edit, by_fact = {}, {}, {}
@@ -315,6 +339,13 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
                                           [r["bag_hits"]["5"] for r in scores[other]])
             name = other.removeprefix("sr-")
             checks[f"bagcurri_vs_{name}_R@1_bag5_ci95"] = [round(100 * lo, 2), round(100 * hi, 2)]
+    if "mle-reference" in scores:  # what direct supervision gains, and how much of it SR + BagCurri gets
+        gain, lo, hi = bag_difference_ci([r["bag_hits"]["5"] for r in scores["mle-reference"]],
+                                         [r["bag_hits"]["5"] for r in scores["mle"]])
+        checks["reference_vs_mle_R@1_bag5_points"] = round(100 * (r5["mle-reference"] - r5["mle"]), 2)
+        checks["reference_vs_mle_R@1_bag5_ci95"] = [round(100 * lo, 2), round(100 * hi, 2)]
+        if gain > 0:
+            checks["bagcurri_share_of_reference_gain"] = round((r5["sr-bagcurri"] - r5["mle"]) / gain, 3)
     checks["pass"] = {
         "R@1_bag5_+10_over_mle": checks["bagcurri_vs_mle_R@1_bag5_points"] >= 10,
         "R@1_bag5_+3_over_random": checks["bagcurri_vs_random_R@1_bag5_points"] >= 3,
@@ -322,7 +353,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         "cider_drop_<=15%": checks["cider_relative_change_pct"] is not None
                             and checks["cider_relative_change_pct"] >= -15,
     }
-    stages = (["mle-pretrain"] if pretrain_set else []) + ["mle"] + [p.parent.name for d in runs.values() for p in d]
+    stages = (["mle-pretrain"] if pretrain_set else []) + ["mle"] + (["mle-reference"] if reference_set else []) + [
+        p.parent.name for d in runs.values() for p in d]
     stage_times = {name: stage_seconds(out / name) for name in stages}
     for w in WORLDS:  # a world's time is kept beside it, in the comparison that made it (linked or not)
         made = (out / w).resolve()
@@ -333,7 +365,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     wall = round(time.perf_counter() - t0, 1)
     result = {"seeds": seeds, "mle_config": str(mle_config), "model": model or mle_cfg.model,
               "retriever": retriever_spec, "mle_set": mle_set, "sr_set": sr_set, "eval_world_n": eval_world_n,
-              "pretrain_set": pretrain_set,
+              "pretrain_set": pretrain_set, "reference_set": reference_set,
               "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in table.items()},
               "by_edit": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in by_edit.items()},
               "facts_by_kind": {k: {kind: {m: [round(a, 4), round(b, 4)] for m, (a, b) in d.items()}
@@ -350,8 +382,22 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     return result
 
 
-NAMES = {"mle": "MLE", "sr-random": "SR, random distractors", "sr-bagcurri": "SR + BagCurri"}
-COLOURS = {"mle": "tab:gray", "sr-random": "tab:blue", "sr-bagcurri": "tab:orange"}
+NAMES = {"mle": "MLE", "sr-random": "SR, random distractors", "sr-bagcurri": "SR + BagCurri",
+         "mle-reference": "MLE reference"}
+COLOURS = {"mle": "tab:gray", "sr-random": "tab:blue", "sr-bagcurri": "tab:orange", "mle-reference": "tab:purple"}
+
+
+def _label(name: str, result: dict) -> str:
+    """A table row's name; the reference MLE stage's names the fields it was trained with.
+
+    Example:
+        >>> _label("mle-reference", {"reference_set": {"captions": "dense", "epochs": 4}})
+        'MLE reference (captions=dense epochs=4)'
+    """
+    fields = result.get("reference_set") or {}
+    if name == "mle-reference" and fields:
+        return f"{NAMES[name]} (" + " ".join(f"{k}={v}" for k, v in fields.items()) + ")"
+    return NAMES.get(name, name)
 
 
 def plot_sr_bagcurri(result: dict, path: str | Path, *, runs_dir: str | Path | None = None) -> Path:
@@ -443,7 +489,7 @@ def markdown_table(result: dict) -> str:
             pct = c.startswith("R@1") or c == "hallucination_rate"
             cells.append(f"{100 * m:.1f} ± {100 * s:.1f}" if pct else f"{m:.3f} ± {s:.3f}" if c == "CIDEr"
                          else f"{m:.1f} ± {s:.1f}")
-        rows.append(f"| {NAMES.get(k, k)} | " + " | ".join(cells) + " |")
+        rows.append(f"| {_label(k, result)} | " + " | ".join(cells) + " |")
     text = head + "\n".join(rows) + f"\n\nseeds {result['seeds']}; wall time {result['wall_time_s']:.0f} s"
     if result.get("stage_time_s") is not None:
         text += (f" (this invocation); the whole comparison {result['stage_time_s']:.0f} s, the sum of its stages "
@@ -459,13 +505,19 @@ def markdown_table(result: dict) -> str:
     if gaps:
         text += ("\n\nSR + BagCurri on bags of 5: " + "; ".join(gaps) + ". The intervals resample the held-out bags "
                  "(a paired bootstrap, seeds averaged per bag); the ± above is the spread over seeds.")
+    if "reference_vs_mle_R@1_bag5_ci95" in checks:
+        lo, hi = checks["reference_vs_mle_R@1_bag5_ci95"]
+        text += (f" The MLE reference gains {checks['reference_vs_mle_R@1_bag5_points']:+.1f} points over MLE (95 % CI "
+                 f"{lo:+.1f} to {hi:+.1f})")
+        share = checks.get("bagcurri_share_of_reference_gain")
+        text += f"; SR + BagCurri gets {100 * share:.0f} % of that." if share is not None else "."
     by_edit = result.get("by_edit") or {}
     if by_edit.get("mle"):  # single edits only, in the MLE's order (most members first)
         kinds = [k for k in by_edit["mle"] if "+" not in k]
         text += ("\n\nR@1 (%) by the edit that made a bag member from its bag's first image (\"none\": the first "
                  "image), bags of every size:\n\n| model | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds))
         for k, v in by_edit.items():
-            text += f"\n| {NAMES.get(k, k)} | " + " | ".join(f"{100 * v[c][0]:.1f}" if c in v else "-"
+            text += f"\n| {_label(k, result)} | " + " | ".join(f"{100 * v[c][0]:.1f}" if c in v else "-"
                                                            for c in kinds) + " |"
     facts = result.get("facts_by_kind") or {}
     if facts:
@@ -476,7 +528,7 @@ def markdown_table(result: dict) -> str:
                  "are wrong (facts of that kind per caption):\n\n| model | " + " | ".join(kinds) + " |\n|---|"
                  + "---|" * len(kinds))
         for k, v in facts.items():
-            text += f"\n| {NAMES.get(k, k)} | " + " | ".join(
+            text += f"\n| {_label(k, result)} | " + " | ".join(
                 f"{100 * v[c]['hallucination_rate'][0]:.1f} ({v[c]['per_caption'][0]:.2f})" if c in v else "-"
                 for c in kinds) + " |"
     return text
@@ -499,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="run an MLE pretraining stage first, the recipe with these fields (e.g. "
                         "world_preset=captioning world_seed=7), and fine-tune the MLE stage from it")
+    p.add_argument("--reference-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="also train and score a reference MLE stage from the MLE stage's start with these fields "
+                        "(e.g. captions=dense epochs=4: what supervision of every detail reaches)")
     p.add_argument("--bagcurri-config", default=str(CONFIGS / "sr-bagcurri.yaml"),
                    help="the curriculum arm's SR YAML (default vlm/configs/sr-bagcurri.yaml): any custom schedule, "
                         "e.g. with {source: world, edits: [size]} stages")
@@ -520,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                  mle_set=parse_overrides(args.mle_set, option="--mle-set"),
                  sr_set=parse_overrides(args.sr_set, option="--sr-set"), eval_world_n=args.eval_world_n,
                  pretrain_set=parse_overrides(args.pretrain_set, option="--pretrain-set"),
+                 reference_set=parse_overrides(args.reference_set, option="--reference-set"),
                  sr_configs={"sr-random": Path(args.random_config), "sr-bagcurri": Path(args.bagcurri_config)},
                  reuse_from=args.reuse_from, progress=not args.quiet)
     print(markdown_table(result))

@@ -105,7 +105,8 @@ def test_cli_lists_the_new_options(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(o in out for o in ("--retriever", "--model", "--mle-config", "--sr-set", "--mle-set", "--eval-world-n",
-                                 "--pretrain-set", "--bagcurri-config", "--random-config", "--reuse-from"))
+                                 "--pretrain-set", "--bagcurri-config", "--random-config", "--reuse-from",
+                                 "--reference-set"))
 
 
 def test_cli_passes_the_arm_configs_and_refuses_a_missing_one(tmp_path, capsys, monkeypatch):
@@ -129,7 +130,10 @@ def test_cli_passes_the_arm_configs_and_refuses_a_missing_one(tmp_path, capsys, 
     assert seen["reuse_from"] is None
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "o"), "--reuse-from", "runs/earlier"])
-    assert seen["reuse_from"] == "runs/earlier"
+    assert seen["reuse_from"] == "runs/earlier" and seen["reference_set"] == {}
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "o"), "--reference-set", "captions=dense", "epochs=4"])
+    assert seen["reference_set"] == {"captions": "dense", "epochs": 4}
 
 
 def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
@@ -296,6 +300,27 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
         assert result["pretrain_set"] == pretrain_set
         assert json.loads((out / "sr_bagcurri_config.json").read_text())["pretrain_set"] == pretrain_set
         assert run(out, [0], **kw)["timings"] == {}  # reused
+        # a reference MLE stage on the exact captions, from the same pretrained start, scored beside the others
+        ref = run(tmp_path / "ref", [0], **kw, reference_set={"captions": "dense"}, reuse_from=out)
+        assert set(ref["timings"]) == {"mle_reference_s"} and "mle-reference" not in ref["reused"]
+        assert set(ref["reused"]) == {"mle-pretrain", "mle", "sr-world", "truematch-eval", "sr-random-s0",
+                                      "sr-bagcurri-s0"}
+        cfg = json.loads((tmp_path / "ref" / "mle-reference" / "config.json").read_text())
+        assert cfg["model"] == str(tmp_path / "ref" / "mle-pretrain" / "final") and cfg["captions"] == "dense"
+        assert cfg["world_preset"] == "captioning-brief"  # the MLE stage's fields, and the reference's on top
+        assert ref["table"]["mle"] == result["table"]["mle"] and "mle-reference" in ref["table"]
+        gain = ref["checks"]["reference_vs_mle_R@1_bag5_points"]
+        assert gain == pytest.approx(100 * (ref["table"]["mle-reference"]["R@1/bag5"][0]
+                                            - ref["table"]["mle"]["R@1/bag5"][0]), abs=0.01)
+        lo, hi = ref["checks"]["reference_vs_mle_R@1_bag5_ci95"]
+        assert lo <= gain <= hi and "mle-reference" in ref["stage_times_s"]
+        assert "| MLE reference (captions=dense) |" in (tmp_path / "ref" / "sr_bagcurri.md").read_text()
+        again = run(tmp_path / "ref", [0], **kw, reference_set={"captions": "dense"})
+        assert again["timings"] == {} and again["table"] == ref["table"]
+        with pytest.raises(ValueError, match="reference_set: model and out_dir are set by the comparison"):
+            run(tmp_path / "other", [0], **{**kw, "reference_set": {"out_dir": "x"}})
+        with pytest.raises(ValueError, match=r"reference_set \(--reference-set\): unknown MLEConfig keys"):
+            run(tmp_path / "other", [0], **{**kw, "reference_set": {"caption": "dense"}})
         # another comparison may share the pretraining stage and make its own brief stage
         from benchmarks.sr_bagcurri import plan_shared_stages
 
