@@ -259,8 +259,11 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         over["model"] = str(out / "mle-pretrain" / "final")  # the MLE stage fine-tunes the pretrained folder
     # both configs are built (and checked) before anything trains
     mle_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle"), progress=progress, **over)
-    ref_cfg = (MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle-reference"), progress=progress,
-                                   **{**over, **reference_set}) if reference_set else None)
+    ref_over = {**over, **reference_set}
+    if mle_cfg.train_data == "world" and not any(k == "train_data" or k.startswith("world_") for k in reference_set):
+        ref_over["train_data"] = str(out / "mle" / "world")  # the MLE stage's images (and cached features), not a copy
+    ref_cfg = (MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle-reference"), progress=progress, **ref_over)
+               if reference_set else None)
     if pre_cfg is not None and not (out / "mle-pretrain" / "final" / "config.json").is_file():
         t = time.perf_counter()
         train_mle(pre_cfg, metrics_fn=caption_scores)

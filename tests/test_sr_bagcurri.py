@@ -307,7 +307,8 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
                                       "sr-bagcurri-s0"}
         cfg = json.loads((tmp_path / "ref" / "mle-reference" / "config.json").read_text())
         assert cfg["model"] == str(tmp_path / "ref" / "mle-pretrain" / "final") and cfg["captions"] == "dense"
-        assert cfg["world_preset"] == "captioning-brief"  # the MLE stage's fields, and the reference's on top
+        assert cfg["train_data"] == str(tmp_path / "ref" / "mle" / "world")  # the MLE stage's images, not a copy
+        assert not (tmp_path / "ref" / "mle-reference" / "world").exists()
         assert ref["table"]["mle"] == result["table"]["mle"] and "mle-reference" in ref["table"]
         gain = ref["checks"]["reference_vs_mle_R@1_bag5_points"]
         assert gain == pytest.approx(100 * (ref["table"]["mle-reference"]["R@1/bag5"][0]
