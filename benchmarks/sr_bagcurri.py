@@ -444,7 +444,7 @@ def plot_sr_bagcurri(result: dict, path: str | Path, *, runs_dir: str | Path | N
                         if "stage" in r and r["stage"] != last:
                             bounds.append((r["step"], r["stage"]))
                             last = r["stage"]
-    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(11 if curves else 5.5, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(11 if curves else 5.5, 5.0), squeeze=False)
     ax = axes[0][0]
     mle = per_seed["mle"][0]
     r0, h0 = 100 * mle["R@1/bag5"], 100 * mle["hallucination_rate"]
@@ -464,7 +464,8 @@ def plot_sr_bagcurri(result: dict, path: str | Path, *, runs_dir: str | Path | N
     ax.set_xlabel("hallucination rate (%)")
     ax.set_ylabel("TrueMatch R@1, bags of 5 (%)")
     ax.set_title("Discrimination against faithfulness")
-    ax.legend(fontsize=7, loc="lower right")
+    # below the axes: inside, it would hide the SR arms, which sit between the MLE point and the acceptance region
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     if curves:
         ax = axes[0][1]
         for variant, runs in curves.items():
@@ -477,7 +478,7 @@ def plot_sr_bagcurri(result: dict, path: str | Path, *, runs_dir: str | Path | N
         ax.set_xlabel("SR step")
         ax.set_ylabel("R@1, bags of 5 of the training world's val split (%)")
         ax.set_title("While training (every seed)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     from benchmarks.report import save_figure
 
     return save_figure(fig, path, dpi=110)
