@@ -16,6 +16,12 @@
 4. With ``--reference-set``, a reference MLE stage from the MLE stage's start with those fields too (e.g.
    ``captions=dense``: the world's exact scene-graph captions, supervision of every detail SR is to teach) into
    ``OUT/mle-reference``, scored beside the others: what direct supervision reaches under the same protocol.
+5. With ``--vcb``, the paper's whole pipeline beside it: Visual Caption Boosting merges each image's captions of
+   the MLE world into one richer target (``OUT/vcb-world``; the deterministic merger, or the LLM blend with
+   ``--vcb-llm``), an MLE stage from the MLE stage's start learns them (``OUT/mle-vcb``, the recipe with
+   ``--vcb-set`` fields too), and both SR arms run from that captioner per seed (``OUT/vcb-sr-bagcurri-s0``, ...)
+   on the SR world with its references boosted the same way (``OUT/sr-world-vcb``: the MLE term and the CIDEr-D
+   reward anchor to the boosted captions), scored beside the others.
 
 The table (mean and spread over seeds), R@1 per kind of edit between bag members (which details each model's
 captions tell apart), hallucination per kind of fact and the acceptance checks are written to
@@ -85,9 +91,24 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 #: The comparison's two generated worlds: SR training, and held-out TrueMatch evaluation.
 WORLDS = ("sr-world", "truematch-eval")
+#: Visual Caption Boosting's copies of the MLE world and of the SR world (``--vcb``): references boosted.
+BOOSTED = ("vcb-world", "sr-world-vcb")
 #: Stages a comparison can take from another one (``reuse_from``), with the file that marks each finished.
 SHARED_STAGES = {"mle-pretrain": "final/config.json", "mle": "final/config.json", "mle-reference": "final/config.json",
-                 "sr-world": "metadata.jsonl", "truematch-eval": "metadata.jsonl"}
+                 "sr-world": "metadata.jsonl", "truematch-eval": "metadata.jsonl",
+                 "vcb-world": "boost_summary.json", "mle-vcb": "final/config.json",
+                 "sr-world-vcb": "boost_summary.json"}
+#: The stages each stage is made from: made anew, they make it anew too (an SR arm: its MLE captioner and world).
+DEPENDS = {"mle": ("mle-pretrain",), "mle-reference": ("mle-pretrain",), "mle-vcb": ("mle-pretrain", "vcb-world"),
+           "sr-arm": ("mle", "sr-world"), "vcb-arm": ("mle-vcb", "sr-world-vcb")}
+#: Where the VCB captioner's and arms' training targets are (the field ``python -m vlm boost`` writes).
+VCB_CAPTIONS = "field:boosted_caption"
+
+
+def arm_names(seeds: Sequence[int], *, vcb: bool = False) -> list[str]:
+    """The SR arms' folder names, seed by seed: ``sr-random-s0``, ``sr-bagcurri-s0``, ... and, with ``vcb``, the
+    arms from the VCB captioner after them (``vcb-sr-random-s0``, ...)."""
+    return [f"{p}{v}-s{s}" for p in ("", "vcb-")[:1 + vcb] for s in seeds for v in VARIANTS]
 
 
 def _stage_inputs(settings: dict, *, source: str, seeds: Sequence[int] = ()) -> dict[str, dict]:
@@ -112,11 +133,20 @@ def _stage_inputs(settings: dict, *, source: str, seeds: Sequence[int] = ()) -> 
               "sr-world": {"world_preset": base.world_preset, "world_n": base.world_n, "world_seed": base.world_seed},
               "truematch-eval": {"eval_world_n": settings.get("eval_world_n", 1500),
                                  "world_seed": base.world_seed + 100, "world_preset": "truematch"}}
+    vcb = settings.get("vcb")
+    if vcb is not None:  # the MLE stage's world boosted, an MLE stage on it, the SR world boosted
+        inputs["vcb-world"] = {"mle": inputs["mle"], "llm": vcb["llm"]}
+        inputs["mle-vcb"] = {**recipe, "mle_set": mle_fields, "pretrain_set": pretrain_set, "vcb": vcb}
+        inputs["sr-world-vcb"] = {"sr-world": inputs["sr-world"], "llm": vcb["llm"]}
     for variant in VARIANTS:
         config = {k: v for k, v in {**settings["sr_configs"][variant], **sr_set}.items() if k != "out_dir"}
         for seed in seeds:
             inputs[f"{variant}-s{seed}"] = {"mle": inputs["mle"], "sr-world": inputs["sr-world"],
                                             "config": config, "retriever": settings.get("retriever"), "seed": seed}
+            if vcb is not None:
+                inputs[f"vcb-{variant}-s{seed}"] = {"mle-vcb": inputs["mle-vcb"],
+                                                    "sr-world-vcb": inputs["sr-world-vcb"], "config": config,
+                                                    "retriever": settings.get("retriever"), "seed": seed}
     return inputs
 
 
@@ -136,21 +166,24 @@ def plan_shared_stages(out: Path, source: Path, settings: dict, seeds: Sequence[
         raise FileNotFoundError(f"reuse_from: {source} is not a comparison folder (no sr_bagcurri_config.json)")
     theirs = _stage_inputs(read_json(saved, "comparison config (reuse_from)"), source=str(saved), seeds=seeds)
     ours = _stage_inputs(json.loads(json.dumps(settings)), source="this comparison", seeds=seeds)
-    arms = {f"{v}-s{s}": "summary.json" for s in seeds for v in VARIANTS}
+    vcb = settings.get("vcb") is not None
+    arms = {name: "summary.json" for name in arm_names(seeds, vcb=vcb)}
     plan: dict[str, Path] = {}
     differ: dict[str, list[str]] = {}
     for stage, marker in {**SHARED_STAGES, **arms}.items():
         if (stage == "mle-pretrain" and not settings.get("pretrain_set")) or (
-                stage == "mle-reference" and not settings.get("reference_set")):
+                stage == "mle-reference" and not settings.get("reference_set")) or (
+                stage in (*BOOSTED, "mle-vcb") and not vcb):
             continue
         if (out / stage).exists() or (out / stage).is_symlink() or not (source / stage / marker).is_file():
             continue
+        if stage not in theirs:  # a folder the source comparison's settings do not ask for
+            continue
+        depends = DEPENDS.get(stage) or DEPENDS["vcb-arm" if stage.startswith("vcb-") else "sr-arm"] * (stage in arms)
         if theirs[stage] != ours[stage]:
             differ[stage] = sorted(k for k in ours[stage] if theirs[stage].get(k) != ours[stage][k])
-        elif stage in ("mle", "mle-reference") and "mle-pretrain" in differ:
-            differ[stage] = ["mle-pretrain"]  # fine-tuned from a pretrained model this comparison makes anew
-        elif stage in arms and {"mle", "sr-world"} & set(differ):
-            differ[stage] = sorted({"mle", "sr-world"} & set(differ))  # trained from stages made anew
+        elif made_anew := sorted(set(depends) & set(differ)):
+            differ[stage] = made_anew  # made from a stage this comparison makes anew
         else:
             plan[stage] = source / stage
     return plan, differ
@@ -163,7 +196,7 @@ def _link(out: Path, plan: dict[str, Path], seeds: Sequence[int]) -> dict[str, s
 
     for stage, folder in plan.items():
         (out / stage).symlink_to(os.path.relpath(folder.resolve(), out.resolve()), target_is_directory=True)
-    names = [*SHARED_STAGES, *(f"{v}-s{s}" for s in seeds for v in VARIANTS)]
+    names = [*SHARED_STAGES, *arm_names(seeds, vcb=True)]
     return {stage: os.readlink(out / stage) for stage in names if (out / stage).is_symlink()}
 
 
@@ -186,8 +219,8 @@ def stage_seconds(stage_dir: Path) -> float:
 def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-world-small.yaml",
         model: str | None = None, retriever: str | None = None, mle_set: dict | None = None,
         sr_set: dict | None = None, eval_world_n: int = 1500, sr_configs: dict[str, Path] | None = None,
-        pretrain_set: dict | None = None, reference_set: dict | None = None, reuse_from: str | Path | None = None,
-        progress: bool = True) -> dict:
+        pretrain_set: dict | None = None, reference_set: dict | None = None, vcb_set: dict | None = None,
+        vcb_llm: bool = False, reuse_from: str | Path | None = None, progress: bool = True) -> dict:
     """The whole comparison into ``out`` (finished stages reused). ``mle_config``: the MLE recipe; ``model``: a
     captioner overriding the recipe's (e.g. ``prefix-mid-pos-small``); ``retriever``: the reward and
     evaluation retriever overriding the SR configs' (e.g. ``finecap:lit-v2``); ``mle_set`` / ``sr_set``: more
@@ -199,6 +232,11 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     MLE captioner as from any other; ``reference_set``: when given, a reference MLE stage from the same start as
     the MLE stage with these fields as well (e.g. ``{"captions": "dense"}``: supervision of every detail SR is to
     teach) into ``out/mle-reference``, scored beside the others as what direct supervision reaches;
+    ``vcb_set``: when given (``{}`` for none), the paper's whole pipeline beside the comparison: Visual Caption
+    Boosting of the MLE world (``vlm.boost.boost_dataset``, the LLM blend when ``vcb_llm``, else the deterministic
+    merger) into ``out/vcb-world``, an MLE stage on its ``boosted_caption`` from the MLE stage's start with these
+    fields too (e.g. ``{"epochs": 4}``) into ``out/mle-vcb``, and both SR arms per seed from that captioner
+    (``out/vcb-sr-bagcurri-s0``, ...) on the SR world with boosted references (``out/sr-world-vcb``);
     ``reuse_from``: another comparison's folder whose finished MLE stages, worlds and SR arms this one would make
     identically, linked in rather than made again
     (:func:`plan_shared_stages`; the result names them under ``reused``, and those made anew for differing inputs
@@ -219,10 +257,15 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     check_config_keys(SRConfig, sr_set, source="sr_set (--sr-set)")
     pretrain_set = dict(pretrain_set or {})
     reference_set = dict(reference_set or {})
-    for name, fields in (("pretrain_set", pretrain_set), ("reference_set", reference_set)):
+    vcb = None if vcb_set is None else {"set": dict(vcb_set), "llm": bool(vcb_llm)}
+    for name, fields in (("pretrain_set", pretrain_set), ("reference_set", reference_set),
+                         ("vcb_set", vcb["set"] if vcb else {})):
         check_config_keys(MLEConfig, fields, source=f"{name} (--{name.replace('_', '-')})")
         if {"model", "out_dir"} & set(fields):
             raise ValueError(f"{name}: model and out_dir are set by the comparison itself (use --model, --out)")
+    if vcb and {"train_data", "captions"} & set(vcb["set"]):
+        raise ValueError("vcb_set: train_data and captions are set by the comparison itself (the boosted MLE world, "
+                         f"{VCB_CAPTIONS})")
     if "curriculum" in sr_set:
         raise ValueError("sr_set: the curriculum is what the comparison varies; give another BagCurri config "
                          "(--bagcurri-config, sr_configs)")
@@ -243,6 +286,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         settings["pretrain_set"] = pretrain_set
     if reference_set:
         settings["reference_set"] = reference_set
+    if vcb is not None:
+        settings["vcb"] = vcb
     inputs = _stage_inputs(settings, source="this comparison", seeds=seeds)
     plan, not_reused = (plan_shared_stages(out, Path(reuse_from), settings, seeds) if reuse_from is not None
                         else ({}, {}))
@@ -266,6 +311,11 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
                                                      for k in reference_set):
             ref_over["train_data"] = str(out / "mle" / "world")  # the MLE stage's images and cached features
         ref_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle-reference"), progress=progress, **ref_over)
+    vcb_cfg = None
+    if vcb is not None:
+        vcb_cfg = MLEConfig.from_yaml(mle_config, out_dir=str(out / "mle-vcb"), progress=progress,
+                                      **{**over, **vcb["set"], "train_data": str(out / "vcb-world"),
+                                         "captions": VCB_CAPTIONS})
     if pre_cfg is not None and not (out / "mle-pretrain" / "final" / "config.json").is_file():
         t = time.perf_counter()
         train_mle(pre_cfg, metrics_fn=caption_scores)
@@ -279,6 +329,24 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         train_mle(ref_cfg, metrics_fn=caption_scores)
         timings["mle_reference_s"] = round(time.perf_counter() - t, 1)
     world_times = StageTimings(out / "timings.json")
+    caption_world = out / "mle" / "world" if mle_cfg.train_data == "world" else Path(mle_cfg.train_data)
+
+    def boost(source: Path, name: str) -> None:
+        """Visual Caption Boosting of a dataset into ``out/name`` (resumable; done once its summary is written)."""
+        from vlm.boost import boost_dataset
+
+        if not (out / name / "boost_summary.json").is_file():
+            t = time.perf_counter()
+            summary = boost_dataset(source, out / name, use_llm=vcb["llm"], progress=progress)
+            (out / name / "boost_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            world_times.record(name, time.perf_counter() - t)
+
+    if vcb_cfg is not None:
+        boost(caption_world, "vcb-world")
+        if not (out / "mle-vcb" / "final" / "config.json").is_file():
+            t = time.perf_counter()
+            train_mle(vcb_cfg, metrics_fn=caption_scores)
+            timings["mle_vcb_s"] = round(time.perf_counter() - t, 1)
     sr_world = out / "sr-world"
     if not (sr_world / "metadata.jsonl").is_file():
         t = time.perf_counter()
@@ -292,28 +360,37 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         generate_world(eval_world, n=w["eval_world_n"], seed=w["world_seed"], preset=w["world_preset"],
                        progress=progress)
         world_times.record("truematch-eval", time.perf_counter() - t)
-    runs: dict[str, list[Path]] = {v: [] for v in VARIANTS}
-    for seed in seeds:
-        for variant in runs:
-            d = {**inputs[f"{variant}-s{seed}"]["config"], "init_model": str(out / "mle" / "final"),
-                 "train_data": str(sr_world), "seed": seed, "out_dir": str(out / f"{variant}-s{seed}"),
-                 "retriever": retriever, "progress": progress}
-            run_dir = Path(d["out_dir"])
-            if not (run_dir / "summary.json").is_file():
-                t = time.perf_counter()
-                train_sr(SRConfig.from_dict(d, source=str(sr_configs[variant])))
-                timings[f"{variant}-s{seed}_s"] = round(time.perf_counter() - t, 1)
-            runs[variant].append(run_dir / "final")
+    if vcb is not None:
+        boost(sr_world, "sr-world-vcb")
+    runs: dict[str, list[Path]] = {}
+    for name in arm_names(seeds, vcb=vcb is not None):
+        arm, seed = name.rsplit("-s", 1)
+        variant = arm.removeprefix("vcb-")
+        d = {**inputs[name]["config"], "seed": int(seed), "out_dir": str(out / name), "retriever": retriever,
+             "progress": progress}
+        if arm.startswith("vcb-"):  # from the VCB captioner, anchored to boosted references
+            d.update(init_model=str(out / "mle-vcb" / "final"), train_data=str(out / "sr-world-vcb"),
+                     captions=VCB_CAPTIONS)
+        else:
+            d.update(init_model=str(out / "mle" / "final"), train_data=str(sr_world))
+        run_dir = Path(d["out_dir"])
+        if not (run_dir / "summary.json").is_file():
+            t = time.perf_counter()
+            train_sr(SRConfig.from_dict(d, source=str(sr_configs[variant])))
+            timings[f"{name}_s"] = round(time.perf_counter() - t, 1)
+        runs.setdefault(arm, []).append(run_dir / "final")
     t_eval = time.perf_counter()
     retriever_spec, retriever = retriever, load_retriever(retriever)
     cache = EmbeddingCache(cache_dir() / "truematch_embeddings")  # the held-out images are encoded once, not per model
-    caption_world = out / "mle" / "world" if mle_cfg.train_data == "world" else Path(mle_cfg.train_data)
     scores: dict[str, list[dict]] = {"mle": [evaluate_captioner(out / "mle" / "final", truematch_world=eval_world,
                                                                  caption_world=caption_world,
                                                                  retriever=retriever, cache=cache,
                                                                  progress=progress)]}
     reference = {"mle-reference": [out / "mle-reference" / "final"]} if ref_cfg is not None else {}
-    for variant, dirs in {**runs, **reference}.items():
+    vcb_mle = {"mle-vcb": [out / "mle-vcb" / "final"]} if vcb_cfg is not None else {}
+    plain = {k: v for k, v in runs.items() if not k.startswith("vcb-")}
+    from_vcb = {k: v for k, v in runs.items() if k.startswith("vcb-")}
+    for variant, dirs in {**plain, **reference, **vcb_mle, **from_vcb}.items():
         scores[variant] = [evaluate_captioner(p, truematch_world=eval_world, caption_world=caption_world,
                                               retriever=retriever, cache=cache, progress=progress) for p in dirs]
     table, by_edit, by_fact = {}, {}, {}
@@ -327,14 +404,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
                                  "per_caption": _mean_std([r["facts_by_kind"].get(k, 0.0) for r in rows])}
                              for k in kinds}
     r5 = {k: table[k]["R@1/bag5"][0] for k in table}
-    checks = {
-        "bagcurri_vs_mle_R@1_bag5_points": round(100 * (r5["sr-bagcurri"] - r5["mle"]), 2),
-        "bagcurri_vs_random_R@1_bag5_points": round(100 * (r5["sr-bagcurri"] - r5["sr-random"]), 2),
-        "hallucination_rise_points": round(100 * (table["sr-bagcurri"]["hallucination_rate"][0]
-                                                  - table["mle"]["hallucination_rate"][0]), 2),
-        "cider_relative_change_pct": (round(100 * (table["sr-bagcurri"]["CIDEr"][0] / table["mle"]["CIDEr"][0] - 1), 2)
-                                      if table["mle"]["CIDEr"][0] > 0 else None),  # None: the MLE scored 0
-    }
+
     def gap_ci(a: str, b: str) -> tuple[float, float] | None:
         """How sure ``a - b`` on bags of 5 is: resampling the held-out bags (seeds averaged per bag)."""
         if not all("5" in r["bag_hits"] for k in (a, b) for r in scores[k]):
@@ -342,9 +412,34 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         _, lo, hi = bag_difference_ci([r["bag_hits"]["5"] for r in scores[a]], [r["bag_hits"]["5"] for r in scores[b]])
         return round(100 * lo, 2), round(100 * hi, 2)
 
-    for other, name in (("mle", "mle"), ("sr-random", "random")):
-        if (ci := gap_ci("sr-bagcurri", other)) is not None:
-            checks[f"bagcurri_vs_{name}_R@1_bag5_ci95"] = list(ci)
+    def acceptance(prefix: str) -> dict:
+        """The issue's four acceptance figures for the arms ``{prefix}sr-bagcurri`` and ``{prefix}sr-random``
+        against the MLE captioner, the R@1 gaps with their CIs, and whether each holds (key ``{prefix}pass``)."""
+        p = prefix.replace("-", "_")
+        curri, rnd = f"{prefix}sr-bagcurri", f"{prefix}sr-random"
+        out = {f"{p}bagcurri_vs_mle_R@1_bag5_points": round(100 * (r5[curri] - r5["mle"]), 2),
+               f"{p}bagcurri_vs_random_R@1_bag5_points": round(100 * (r5[curri] - r5[rnd]), 2),
+               f"{p}hallucination_rise_points": round(100 * (table[curri]["hallucination_rate"][0]
+                                                             - table["mle"]["hallucination_rate"][0]), 2),
+               f"{p}cider_relative_change_pct": (round(100 * (table[curri]["CIDEr"][0] / table["mle"]["CIDEr"][0] - 1),
+                                                       2) if table["mle"]["CIDEr"][0] > 0 else None)}  # None: MLE 0
+        for other, name in (("mle", "mle"), (rnd, "random")):
+            if (ci := gap_ci(curri, other)) is not None:
+                out[f"{p}bagcurri_vs_{name}_R@1_bag5_ci95"] = list(ci)
+        cider = out[f"{p}cider_relative_change_pct"]
+        out[f"{p}pass"] = {"R@1_bag5_+10_over_mle": out[f"{p}bagcurri_vs_mle_R@1_bag5_points"] >= 10,
+                           "R@1_bag5_+3_over_random": out[f"{p}bagcurri_vs_random_R@1_bag5_points"] >= 3,
+                           "hallucination_rise_<=2": out[f"{p}hallucination_rise_points"] <= 2,
+                           "cider_drop_<=15%": cider is not None and cider >= -15}
+        return out
+
+    checks = acceptance("")
+    if "mle-vcb" in scores:  # the whole pipeline: what boosting alone gains, and SR after it
+        for a, b, key in (("mle-vcb", "mle", "vcb_vs_mle"), ("vcb-sr-bagcurri", "mle-vcb", "vcb_bagcurri_vs_vcb_mle")):
+            checks[f"{key}_R@1_bag5_points"] = round(100 * (r5[a] - r5[b]), 2)
+            if (ci := gap_ci(a, b)) is not None:
+                checks[f"{key}_R@1_bag5_ci95"] = list(ci)
+        checks.update(acceptance("vcb-"))
     if "mle-reference" in scores:  # what direct supervision gains, and how much of it SR + BagCurri gets
         gain = r5["mle-reference"] - r5["mle"]
         checks["reference_vs_mle_R@1_bag5_points"] = round(100 * gain, 2)
@@ -352,17 +447,12 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
             checks["reference_vs_mle_R@1_bag5_ci95"] = list(ci)
         if gain > 0:
             checks["bagcurri_share_of_reference_gain"] = round((r5["sr-bagcurri"] - r5["mle"]) / gain, 3)
-    checks["pass"] = {
-        "R@1_bag5_+10_over_mle": checks["bagcurri_vs_mle_R@1_bag5_points"] >= 10,
-        "R@1_bag5_+3_over_random": checks["bagcurri_vs_random_R@1_bag5_points"] >= 3,
-        "hallucination_rise_<=2": checks["hallucination_rise_points"] <= 2,
-        "cider_drop_<=15%": checks["cider_relative_change_pct"] is not None
-                            and checks["cider_relative_change_pct"] >= -15,
-    }
-    stages = (["mle-pretrain"] if pretrain_set else []) + ["mle"] + (["mle-reference"] if reference_set else []) + [
-        p.parent.name for d in runs.values() for p in d]
+    checks["pass"] = checks.pop("pass")  # last, after the other figures
+    stages = (["mle-pretrain"] if pretrain_set else []) + ["mle"] + (["mle-reference"] if reference_set else []) + (
+        ["mle-vcb"] if vcb is not None else []) + [p.parent.name for d in runs.values() for p in d]
     stage_times = {name: stage_seconds(out / name) for name in stages}
-    for w in WORLDS:  # a world's time is kept beside it, in the comparison that made it (linked or not)
+    # a world's time (a boosted one's too) is kept beside it, in the comparison that made it (linked or not)
+    for w in (*WORLDS, *(BOOSTED if vcb is not None else ())):
         made = (out / w).resolve()
         known = StageTimings(made.parent / "timings.json").data
         if made.name in known:
@@ -371,7 +461,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     wall = round(time.perf_counter() - t0, 1)
     result = {"seeds": seeds, "mle_config": str(mle_config), "model": model or mle_cfg.model,
               "retriever": retriever_spec, "mle_set": mle_set, "sr_set": sr_set, "eval_world_n": eval_world_n,
-              "pretrain_set": pretrain_set, "reference_set": reference_set,
+              "pretrain_set": pretrain_set, "reference_set": reference_set, "vcb": vcb,
               "table": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in table.items()},
               "by_edit": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in by_edit.items()},
               "facts_by_kind": {k: {kind: {m: [round(a, 4), round(b, 4)] for m, (a, b) in d.items()}
@@ -389,8 +479,10 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
 
 
 NAMES = {"mle": "MLE", "sr-random": "SR, random distractors", "sr-bagcurri": "SR + BagCurri",
-         "mle-reference": "MLE reference"}
-COLOURS = {"mle": "tab:gray", "sr-random": "tab:blue", "sr-bagcurri": "tab:orange", "mle-reference": "tab:purple"}
+         "mle-reference": "MLE reference", "mle-vcb": "MLE + VCB", "vcb-sr-random": "VCB, then SR, random distractors",
+         "vcb-sr-bagcurri": "VCB, then SR + BagCurri"}
+COLOURS = {"mle": "tab:gray", "sr-random": "tab:blue", "sr-bagcurri": "tab:orange", "mle-reference": "tab:purple",
+           "mle-vcb": "tab:brown", "vcb-sr-random": "tab:cyan", "vcb-sr-bagcurri": "tab:red"}
 
 
 def _label(name: str, result: dict) -> str:
@@ -432,7 +524,7 @@ def plot_sr_bagcurri(result: dict, path: str | Path, *, runs_dir: str | Path | N
     curves: dict[str, list[tuple[list[int], list[float]]]] = {}
     bounds: list[tuple[int, str]] = []
     if runs_dir is not None:
-        for variant in VARIANTS:
+        for variant in (*VARIANTS, *(f"vcb-{v}" for v in VARIANTS)):  # with --vcb, its arms too (dashed)
             for metrics in sorted(Path(runs_dir).glob(f"{variant}-s*/metrics.jsonl")):
                 rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
                 evals = [(r["step"], r["eval"]["R@1/bag5"]) for r in rows if r.get("eval", {}).get("R@1/bag5")]
@@ -471,7 +563,7 @@ def plot_sr_bagcurri(result: dict, path: str | Path, *, runs_dir: str | Path | N
         for variant, runs in curves.items():
             for k, (steps, values) in enumerate(runs):
                 ax.plot(steps, [100 * v for v in values], marker="o", color=COLOURS[variant], alpha=0.8,
-                        label=NAMES[variant] if k == 0 else None)
+                        linestyle="--" if variant.startswith("vcb-") else "-", label=NAMES[variant] if k == 0 else None)
         for step, stage in bounds[1:]:
             ax.axvline(step - 0.5, color="tab:orange", linestyle=":", linewidth=0.8)
             ax.text(step, ax.get_ylim()[1], stage, fontsize=7, rotation=90, va="top", color="tab:orange")
@@ -518,6 +610,16 @@ def markdown_table(result: dict) -> str:
                  f"{lo:+.1f} to {hi:+.1f})")
         share = checks.get("bagcurri_share_of_reference_gain")
         text += f"; SR + BagCurri gets {100 * share:.0f} % of that." if share is not None else "."
+    if "vcb_vs_mle_R@1_bag5_points" in checks:
+
+        def gap(key: str) -> str:
+            ci = checks.get(f"{key}_R@1_bag5_ci95")
+            ci_text = f" (95 % CI {ci[0]:+.1f} to {ci[1]:+.1f})" if ci else ""
+            return f"{checks[f'{key}_R@1_bag5_points']:+.1f}{ci_text}"
+
+        text += (f"\n\nWith Visual Caption Boosting first: MLE + VCB gains {gap('vcb_vs_mle')} points over MLE on bags "
+                 f"of 5; SR + BagCurri from it ends {gap('vcb_bagcurri_vs_mle')} over MLE, "
+                 f"{gap('vcb_bagcurri_vs_vcb_mle')} over MLE + VCB and {gap('vcb_bagcurri_vs_random')} over SR with random distractors from it.")
     by_edit = result.get("by_edit") or {}
     if by_edit.get("mle"):  # single edits only, in the MLE's order (most members first)
         kinds = [k for k in by_edit["mle"] if "+" not in k]
@@ -561,6 +663,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="also train and score a reference MLE stage from the MLE stage's start with these fields "
                         "(e.g. captions=dense epochs=4: what supervision of every detail reaches)")
+    p.add_argument("--vcb", action="store_true",
+                   help="also run the paper's whole pipeline: Visual Caption Boosting of the MLE world, an MLE stage "
+                        "on the boosted captions from the MLE stage's start, and both SR arms from it per seed")
+    p.add_argument("--vcb-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="with --vcb: fields of its MLE stage on the boosted captions (e.g. epochs=4)")
+    p.add_argument("--vcb-llm", action="store_true",
+                   help="with --vcb: blend the captions with the LLM (SmolLM2; about 2.5 h for 12,000 images on 2 CPU "
+                        "cores) instead of the deterministic merger")
     p.add_argument("--bagcurri-config", default=str(CONFIGS / "sr-bagcurri.yaml"),
                    help="the curriculum arm's SR YAML (default vlm/configs/sr-bagcurri.yaml): any custom schedule, "
                         "e.g. with {source: world, edits: [size]} stages")
@@ -573,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
                         "another --bagcurri-config)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if (args.vcb_set or args.vcb_llm) and not args.vcb:
+        p.error("--vcb-set and --vcb-llm need --vcb")
     for flag, path in (("--bagcurri-config", args.bagcurri_config), ("--random-config", args.random_config)):
         if not Path(path).is_file():
             p.error(f"{flag}: no such file: {path}")
@@ -583,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
                  sr_set=parse_overrides(args.sr_set, option="--sr-set"), eval_world_n=args.eval_world_n,
                  pretrain_set=parse_overrides(args.pretrain_set, option="--pretrain-set"),
                  reference_set=parse_overrides(args.reference_set, option="--reference-set"),
+                 vcb_set=parse_overrides(args.vcb_set, option="--vcb-set") if args.vcb else None, vcb_llm=args.vcb_llm,
                  sr_configs={"sr-random": Path(args.random_config), "sr-bagcurri": Path(args.bagcurri_config)},
                  reuse_from=args.reuse_from, progress=not args.quiet)
     print(markdown_table(result))

@@ -364,3 +364,43 @@ def test_a_stage_the_data_cannot_serve_fails_before_training(toy):
     assert not (toy / "no-edits" / "metrics.jsonl").exists()  # nothing trained, nothing logged
     with pytest.raises(ValueError, match=r"curriculum stage 0 \(world7\): .*no world bags of that size"):
         train_sr(_sr_cfg(toy, "no-sevens", curriculum=[{"source": "world", "bag_size": 7, "steps": 2}]))
+
+
+def test_the_references_come_from_the_captions_field(toy, monkeypatch):
+    """``captions=field:NAME`` (a boosted world): the CIDEr-D reward and the MLE term read that field."""
+    import vlm.rewards
+    from vlm.data import read_imagefolder, write_imagefolder
+    from vlm.train.sr import train_sr
+
+    ds = read_imagefolder(toy / "data")
+    records = []
+    for r in ds:
+        r.extra["boosted"] = r.captions[0] + " on a grey ground."
+        records.append(r)
+    write_imagefolder(toy / "boosted", records, [ds.image(i) for i in range(len(ds))])
+    seen, mle_targets = {}, []
+    real_cider = vlm.rewards.CIDErReward
+
+    def spy(refs, **kw):
+        seen.update(refs)
+        return real_cider(refs, **kw)
+
+    monkeypatch.setattr(vlm.rewards, "CIDErReward", spy)
+    from vlm.models.prefix import PrefixCaptioner
+
+    real_loss = PrefixCaptioner.loss
+
+    def loss_spy(self, batch):
+        mle_targets.extend(batch.get("captions", []))
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(PrefixCaptioner, "loss", loss_spy)
+    train_sr(_sr_cfg(toy, "boosted-run", train_data=str(toy / "boosted"), captions="field:boosted", cider_weight=1.0,
+                     mle_coef=0.5, curriculum=[{"source": "random", "steps": 2}], eval_split=""))
+    train = [r for r in records if r.split == "train"]
+    assert seen == {i: [r.captions[0] + " on a grey ground."] for i, r in enumerate(train)}
+    assert mle_targets and all(c.endswith(" on a grey ground.") for c in mle_targets)
+    with pytest.raises(ValueError, match=r"record images/000.png: no field 'missing' for captions='field:missing'"):
+        train_sr(_sr_cfg(toy, "missing-field", captions="field:missing", curriculum=[{"source": "random", "steps": 1}]))
+    with pytest.raises(ValueError, match="SRConfig.captions must be"):
+        _sr_cfg(toy, "bad", captions="boosted")

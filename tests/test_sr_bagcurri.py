@@ -106,7 +106,7 @@ def test_cli_lists_the_new_options(capsys):
     out = capsys.readouterr().out
     assert all(o in out for o in ("--retriever", "--model", "--mle-config", "--sr-set", "--mle-set", "--eval-world-n",
                                  "--pretrain-set", "--bagcurri-config", "--random-config", "--reuse-from",
-                                 "--reference-set"))
+                                 "--reference-set", "--vcb", "--vcb-set", "--vcb-llm"))
 
 
 def test_cli_passes_the_arm_configs_and_refuses_a_missing_one(tmp_path, capsys, monkeypatch):
@@ -133,7 +133,16 @@ def test_cli_passes_the_arm_configs_and_refuses_a_missing_one(tmp_path, capsys, 
     assert seen["reuse_from"] == "runs/earlier" and seen["reference_set"] == {}
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "o"), "--reference-set", "captions=dense", "epochs=4"])
-    assert seen["reference_set"] == {"captions": "dense", "epochs": 4}
+    assert seen["reference_set"] == {"captions": "dense", "epochs": 4} and seen["vcb_set"] is None
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "o"), "--vcb", "--vcb-set", "epochs=4"])
+    assert seen["vcb_set"] == {"epochs": 4} and seen["vcb_llm"] is False
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "o"), "--vcb"])
+    assert seen["vcb_set"] == {}
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "o"), "--vcb-set", "epochs=4"])
+    assert "--vcb-set and --vcb-llm need --vcb" in capsys.readouterr().err
 
 
 def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
@@ -266,7 +275,7 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
     """``pretrain_set``: MLE on other annotators' captions first, then the MLE stage from that model."""
     import yaml
 
-    from benchmarks.sr_bagcurri import run
+    from benchmarks.sr_bagcurri import plan_shared_stages, run
     from tests.test_sr import PaletteRetriever
     from vlm.retrieval import _FACTORIES, register_retriever
 
@@ -274,7 +283,7 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
     try:
         common = dict(method="sr", world_n=24, batch_size=4, n_samples=2, max_new_tokens=6, eval_every=0,
                       checkpoint_every=2, eval_num_beams=1, eval_max_new_tokens=6, retriever="palette:x",
-                      curriculum=[{"source": "random", "steps": 1}])
+                      curriculum=[{"source": "random", "steps": 1}], mle_coef=0.1, cider_weight=0.5)
         paths = {}
         for name in ("sr-random", "sr-bagcurri"):
             paths[name] = tmp_path / f"{name}.yaml"
@@ -318,13 +327,62 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
         assert "| MLE reference (captions=dense) |" in (tmp_path / "ref" / "sr_bagcurri.md").read_text()
         again = run(tmp_path / "ref", [0], **kw, reference_set={"captions": "dense"})
         assert again["timings"] == {} and again["table"] == ref["table"]
+        # the paper's whole pipeline beside it: boost the MLE world, MLE on the boosted captions, SR from there
+        vcb = run(tmp_path / "vcb", [0], **kw, vcb_set={"epochs": 2}, reuse_from=out)
+        assert set(vcb["reused"]) == {"mle-pretrain", "mle", "sr-world", "truematch-eval", "sr-random-s0",
+                                      "sr-bagcurri-s0"}
+        assert set(vcb["timings"]) == {"mle_vcb_s", "vcb-sr-random-s0_s", "vcb-sr-bagcurri-s0_s"}
+        from vlm.boost import merge_captions
+        from vlm.data import read_imagefolder
+
+        brief = {r.file_name: r for r in read_imagefolder(out / "mle" / "world", check_images=False)}
+        boosted = list(read_imagefolder(tmp_path / "vcb" / "vcb-world"))
+        assert len(boosted) == len(brief) and all(  # every image's captions merged, the captions kept
+            r.extra["boosted_caption"] == merge_captions(brief[r.file_name].captions)
+            and r.captions == brief[r.file_name].captions for r in boosted)
+        cfg = json.loads((tmp_path / "vcb" / "mle-vcb" / "config.json").read_text())
+        assert (cfg["model"], cfg["captions"], cfg["train_data"], cfg["epochs"]) == (
+            str(tmp_path / "vcb" / "mle-pretrain" / "final"), "field:boosted_caption",
+            str(tmp_path / "vcb" / "vcb-world"), 2)
+        arm = json.loads((tmp_path / "vcb" / "vcb-sr-bagcurri-s0" / "final" / "training_config.json").read_text())
+        assert (arm["init_model"], arm["train_data"], arm["captions"]) == (
+            str(tmp_path / "vcb" / "mle-vcb" / "final"), str(tmp_path / "vcb" / "sr-world-vcb"), "field:boosted_caption")
+        sr_boosted = read_imagefolder(tmp_path / "vcb" / "sr-world-vcb", check_images=False)
+        assert len(sr_boosted) == len(read_imagefolder(out / "sr-world", check_images=False))
+        assert all("bag" in r.extra and r.extra["boosted_caption"] for r in sr_boosted)  # the bags stay
+        assert list(vcb["table"]) == ["mle", "sr-random", "sr-bagcurri", "mle-vcb", "vcb-sr-random", "vcb-sr-bagcurri"]
+        assert vcb["table"]["mle"] == result["table"]["mle"]
+        c = vcb["checks"]
+        for key, (a, b) in {"vcb_vs_mle": ("mle-vcb", "mle"), "vcb_bagcurri_vs_mle": ("vcb-sr-bagcurri", "mle"),
+                            "vcb_bagcurri_vs_vcb_mle": ("vcb-sr-bagcurri", "mle-vcb"),
+                            "vcb_bagcurri_vs_random": ("vcb-sr-bagcurri", "vcb-sr-random")}.items():
+            gap = 100 * (vcb["table"][a]["R@1/bag5"][0] - vcb["table"][b]["R@1/bag5"][0])
+            lo, hi = c[f"{key}_R@1_bag5_ci95"]
+            assert c[f"{key}_R@1_bag5_points"] == pytest.approx(gap, abs=0.01) and lo <= gap + 0.01 and gap - 0.01 <= hi
+        assert set(c["vcb_pass"]) == set(c["pass"]) and list(c)[-1] == "pass"
+        assert c["vcb_hallucination_rise_points"] == pytest.approx(100 * (
+            vcb["table"]["vcb-sr-bagcurri"]["hallucination_rate"][0] - vcb["table"]["mle"]["hallucination_rate"][0]),
+            abs=0.01)
+        assert {"vcb-world", "sr-world-vcb", "mle-vcb", "vcb-sr-bagcurri-s0"} <= set(vcb["stage_times_s"])
+        md = (tmp_path / "vcb" / "sr_bagcurri.md").read_text()
+        assert "| MLE + VCB |" in md and "| VCB, then SR + BagCurri |" in md and "With Visual Caption Boosting" in md
+        again = run(tmp_path / "vcb", [0], **kw, vcb_set={"epochs": 2})
+        assert again["timings"] == {} and again["table"] == vcb["table"]
+        # a comparison with the same boosting links all of it; other VCB fields remake its MLE stage and arms
+        saved = json.loads((tmp_path / "vcb" / "sr_bagcurri_config.json").read_text())
+        plan, differ = plan_shared_stages(tmp_path / "new", tmp_path / "vcb", saved, [0])
+        assert {"vcb-world", "mle-vcb", "sr-world-vcb", "vcb-sr-random-s0", "vcb-sr-bagcurri-s0"} <= set(plan)
+        plan, differ = plan_shared_stages(tmp_path / "new", tmp_path / "vcb",
+                                          {**saved, "vcb": {"set": {"epochs": 3}, "llm": False}}, [0])
+        assert {"vcb-world", "sr-world-vcb", "sr-bagcurri-s0"} <= set(plan)
+        assert differ == {"mle-vcb": ["vcb"], "vcb-sr-random-s0": ["mle-vcb"], "vcb-sr-bagcurri-s0": ["mle-vcb"]}
+        with pytest.raises(ValueError, match="vcb_set: train_data and captions are set by the comparison"):
+            run(tmp_path / "other", [0], **{**kw, "vcb_set": {"captions": "dense"}})
         with pytest.raises(ValueError, match="reference_set: model and out_dir are set by the comparison"):
             run(tmp_path / "other", [0], **{**kw, "reference_set": {"out_dir": "x"}})
         with pytest.raises(ValueError, match=r"reference_set \(--reference-set\): unknown MLEConfig keys"):
             run(tmp_path / "other", [0], **{**kw, "reference_set": {"caption": "dense"}})
         # another comparison may share the pretraining stage and make its own brief stage
-        from benchmarks.sr_bagcurri import plan_shared_stages
-
         saved = json.loads((out / "sr_bagcurri_config.json").read_text())
         plan, differ = plan_shared_stages(tmp_path / "new", out, {**saved, "mle_set": {**mle_set, "world_n": 31}})
         assert set(plan) == {"mle-pretrain", "sr-world", "truematch-eval"} and differ == {"mle": ["mle_set"]}

@@ -50,6 +50,10 @@ class SRConfig:
     world_preset: str = "truematch"
     world_n: int = 3000
     world_seed: int = 1
+    captions: str = "human"
+    """The references the MLE term and the CIDEr-D reward use: ``human`` (the ``captions`` list), ``dense`` or
+    ``field:NAME`` (e.g. ``field:boosted_caption`` of a world boosted by Visual Caption Boosting), as
+    ``MLEConfig.captions``."""
     retriever: str = "finecap:lit"
     """The frozen reward model (a :func:`vlm.retrieval.load_retriever` spec)."""
     reward: str = "contrastive"
@@ -102,6 +106,8 @@ class SRConfig:
             raise ValueError(f"baseline {self.baseline!r} needs n_samples >= 2")
         if self.lr <= 0 or self.batch_size < 1 or self.n_samples < 1:
             raise ValueError("SRConfig: lr, batch_size and n_samples must be positive")
+        if self.captions not in ("human", "dense") and not self.captions.startswith("field:"):
+            raise ValueError(f"SRConfig.captions must be 'human', 'dense' or 'field:NAME', got {self.captions!r}")
         Curriculum.from_list(self.curriculum)  # validates the stages now, naming any bad key
 
     @classmethod
@@ -163,7 +169,7 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
     from vlm.retrieval import load_retriever
     from vlm.rewards import CIDErReward, SelfRetrievalReward, recall_reward
     from vlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trim_log
-    from vlm.train.mle import _features_for, _trainable_state, append_jsonl, resolve_dataset
+    from vlm.train.mle import _features_for, _trainable_state, append_jsonl, resolve_dataset, targets_of
 
     t_start = time.perf_counter()
     mp = cfg.mixed_precision
@@ -198,7 +204,8 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
     img_emb = _retriever_image_embeddings(retriever, train_ds, progress=prog)
     eval_img_emb = _retriever_image_embeddings(retriever, eval_ds, progress=prog) if eval_feats is not None else None
     sr_reward = SelfRetrievalReward(retriever, img_emb, kind=cfg.reward, scale=cfg.reward_scale or None)
-    cider = (CIDErReward({i: list(train_ds[i].captions) for i in range(len(train_ds))})
+    refs = [targets_of(train_ds[i], cfg.captions) for i in range(len(train_ds))]  # a missing field fails here
+    cider = (CIDErReward(dict(enumerate(refs)))
              if cfg.cider_weight else None)
 
     curriculum = Curriculum.from_list(cfg.curriculum).resolve(max(1, len(train_ds) // cfg.batch_size))
@@ -298,7 +305,7 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
             loss = loss + cfg.kl_coef * kl
         mle = torch.zeros(())
         if cfg.mle_coef:
-            caps = [random.Random(cfg.seed * 31 + step * 997 + a).choice(train_ds[a].captions) for a in anchors]
+            caps = [random.Random(cfg.seed * 31 + step * 997 + a).choice(refs[a]) for a in anchors]
             mle = model.loss({"features": f, "captions": caps})
             loss = loss + cfg.mle_coef * mle
         opt_p.zero_grad(set_to_none=True)
