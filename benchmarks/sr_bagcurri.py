@@ -78,6 +78,28 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
     return out
 
 
+#: Bumped when :func:`evaluate_captioner` changes what it measures: scores saved by another version are made anew.
+SCORES_VERSION = 1
+
+
+def score_key(model_dir: Path, *, truematch_world: Path, caption_world: Path, retriever_spec: str,
+              retriever: Any) -> str:
+    """What a captioner's saved scores (``OUT/scores/<stage>.json``) were made from, as one digest: its saved
+    files, the held-out world's and the caption world's ``metadata.jsonl``, the retriever (spec and weights'
+    fingerprint) and :data:`SCORES_VERSION`. Scores are reused only under the same key, so a retrained captioner,
+    another world or another judge is scored again."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([SCORES_VERSION, retriever_spec, getattr(retriever, "fingerprint", "") or ""])
+                       .encode())
+    files = sorted(f for f in Path(model_dir).rglob("*") if f.is_file())
+    for tag, f in [*((f.relative_to(model_dir).as_posix(), f) for f in files),
+                   ("truematch_world", Path(truematch_world) / "metadata.jsonl"),
+                   ("caption_world", Path(caption_world) / "metadata.jsonl")]:
+        h.update(tag.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -379,20 +401,42 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
             train_sr(SRConfig.from_dict(d, source=str(sr_configs[variant])))
             timings[f"{name}_s"] = round(time.perf_counter() - t, 1)
         runs.setdefault(arm, []).append(run_dir / "final")
-    t_eval = time.perf_counter()
     retriever_spec, retriever = retriever, load_retriever(retriever)
     cache = EmbeddingCache(cache_dir() / "truematch_embeddings")  # the held-out images are encoded once, not per model
-    scores: dict[str, list[dict]] = {"mle": [evaluate_captioner(out / "mle" / "final", truematch_world=eval_world,
-                                                                 caption_world=caption_world,
-                                                                 retriever=retriever, cache=cache,
-                                                                 progress=progress)]}
+    score_seconds: list[float] = []
+
+    def scored(model_dir: Path) -> dict:
+        """The captioner's scores, saved in ``out/scores/<stage>.json`` (or taken from ``reuse_from``'s) and reused
+        while their :func:`score_key` holds: a rerun or a comparison that adds stages scores only what is new."""
+        from vlm.data import atomic_write_text, read_json
+
+        name = model_dir.parent.name
+        key = score_key(model_dir, truematch_world=eval_world, caption_world=caption_world,
+                        retriever_spec=retriever_spec, retriever=retriever)
+        own = out / "scores" / f"{name}.json"
+        own.parent.mkdir(exist_ok=True)
+        for f in (own, *((Path(reuse_from) / "scores" / f"{name}.json",) if reuse_from is not None else ())):
+            if f.is_file():
+                saved = read_json(f, "saved captioner scores", fix="delete it to score the captioner again")
+                if isinstance(saved, dict) and saved.get("key") == key:
+                    if f != own:
+                        atomic_write_text(own, f.read_text())
+                    score_seconds.append(saved["seconds"])
+                    return saved["scores"]
+        t = time.perf_counter()
+        result = evaluate_captioner(model_dir, truematch_world=eval_world, caption_world=caption_world,
+                                    retriever=retriever, cache=cache, progress=progress)
+        score_seconds.append(round(time.perf_counter() - t, 1))
+        atomic_write_text(own, json.dumps({"key": key, "seconds": score_seconds[-1], "scores": result}) + "\n")
+        return result
+
+    scores: dict[str, list[dict]] = {"mle": [scored(out / "mle" / "final")]}
     reference = {"mle-reference": [out / "mle-reference" / "final"]} if ref_cfg is not None else {}
     vcb_mle = {"mle-vcb": [out / "mle-vcb" / "final"]} if vcb_cfg is not None else {}
     plain = {k: v for k, v in runs.items() if not k.startswith("vcb-")}
     from_vcb = {k: v for k, v in runs.items() if k.startswith("vcb-")}
     for variant, dirs in {**plain, **reference, **vcb_mle, **from_vcb}.items():
-        scores[variant] = [evaluate_captioner(p, truematch_world=eval_world, caption_world=caption_world,
-                                              retriever=retriever, cache=cache, progress=progress) for p in dirs]
+        scores[variant] = [scored(p) for p in dirs]
     table, by_edit, by_fact = {}, {}, {}
     for name, rows in scores.items():
         table[name] = {k: _mean_std([r[k] for r in rows]) for k in rows[0] if not isinstance(rows[0][k], dict)}
@@ -457,7 +501,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         known = StageTimings(made.parent / "timings.json").data
         if made.name in known:
             stage_times[w] = known[made.name]
-    stage_times["evaluation"] = round(time.perf_counter() - t_eval, 1)
+    stage_times["evaluation"] = round(sum(score_seconds), 1)  # each captioner's scoring as it was made
     wall = round(time.perf_counter() - t0, 1)
     result = {"seeds": seeds, "mle_config": str(mle_config), "model": model or mle_cfg.model,
               "retriever": retriever_spec, "mle_set": mle_set, "sr_set": sr_set, "eval_world_n": eval_world_n,

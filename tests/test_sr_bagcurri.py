@@ -214,8 +214,41 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         # the SR world is written with the SR configs' preset; the held-out world is always plain truematch
         assert json.loads((tmp_path / "out" / "sr-world" / "world.json").read_text())["preset"] == "truematch-brief"
         assert json.loads((tmp_path / "out" / "truematch-eval" / "world.json").read_text())["preset"] == "truematch"
-        again = run(tmp_path / "out", [0], **kw)  # every stage reused: nothing trained, the same scores
+        # each captioner's scores are saved with what they were made from; a rerun scores nothing again
+        import benchmarks.sr_bagcurri as sb
+
+        saved_scores = {f.stem: json.loads(f.read_text()) for f in (tmp_path / "out" / "scores").glob("*.json")}
+        assert set(saved_scores) == {"mle", "sr-random-s0", "sr-bagcurri-s0"}
+        assert saved_scores["mle"]["scores"]["R@1/bag5"] == result["per_seed"]["mle"][0]["R@1/bag5"]
+        assert times["evaluation"] == pytest.approx(sum(v["seconds"] for v in saved_scores.values()), abs=0.2)
+        real_evaluate = sb.evaluate_captioner
+
+        def no_scoring(*a, **k):
+            raise AssertionError("scored again")
+
+        sb.evaluate_captioner = no_scoring
+        try:
+            again = run(tmp_path / "out", [0], **kw)  # every stage reused: nothing trained, nothing scored
+        finally:
+            sb.evaluate_captioner = real_evaluate
         assert again["timings"] == {} and again["table"] == result["table"] and "reused" not in again
+        assert again["stage_times_s"]["evaluation"] == times["evaluation"]
+        # a captioner whose files changed since is scored again
+        stale = tmp_path / "out" / "scores" / "sr-random-s0.json"
+        stale.write_text(json.dumps({**saved_scores["sr-random-s0"], "key": "another model"}))
+        seen_dirs = []
+
+        def count(model_dir, **k):
+            seen_dirs.append(Path(model_dir).parent.name)
+            return real_evaluate(model_dir, **k)
+
+        sb.evaluate_captioner = count
+        try:
+            assert run(tmp_path / "out", [0], **kw)["table"] == result["table"]
+        finally:
+            sb.evaluate_captioner = real_evaluate
+        assert seen_dirs == ["sr-random-s0"]  # only the stale one, saved again under its real key
+        assert json.loads(stale.read_text())["key"] == saved_scores["sr-random-s0"]["key"]
         # nothing was trained again, yet the whole comparison still counts every stage as it was made
         assert {k: v for k, v in again["stage_times_s"].items() if k != "evaluation"} == \
             {k: v for k, v in times.items() if k != "evaluation"}
@@ -352,6 +385,8 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
         assert all("bag" in r.extra and r.extra["boosted_caption"] for r in sr_boosted)  # the bags stay
         assert list(vcb["table"]) == ["mle", "sr-random", "sr-bagcurri", "mle-vcb", "vcb-sr-random", "vcb-sr-bagcurri"]
         assert vcb["table"]["mle"] == result["table"]["mle"]
+        # the linked captioners' scores came with them, from the first comparison's scores folder
+        assert (tmp_path / "vcb" / "scores" / "mle.json").read_text() == (out / "scores" / "mle.json").read_text()
         c = vcb["checks"]
         for key, (a, b) in {"vcb_vs_mle": ("mle-vcb", "mle"), "vcb_bagcurri_vs_mle": ("vcb-sr-bagcurri", "mle"),
                             "vcb_bagcurri_vs_vcb_mle": ("vcb-sr-bagcurri", "mle-vcb"),
