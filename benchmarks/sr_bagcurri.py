@@ -27,7 +27,9 @@ The table (mean and spread over seeds), R@1 per kind of edit between bag members
 captions tell apart), hallucination per kind of fact and the acceptance checks are written to
 ``OUT/sr_bagcurri.md`` and ``.json``, and a figure to ``OUT/sr_bagcurri.png`` (:func:`plot_sr_bagcurri`: R@1 on
 bags of 5 against hallucination for every model and seed, with the acceptance region drawn, and each SR run's
-R@1 on its training world's bags as it trains); the run is seeded end to end.
+R@1 on its training world's bags as it trains); the run is seeded end to end. Each captioner's scores are kept in
+``OUT/scores/<stage>.json`` with a digest of what they were made from (:func:`score_key`), so a rerun, or a
+comparison that links them with ``--reuse-from``, scores only the captioners that are new.
 """
 
 from __future__ import annotations
@@ -201,7 +203,10 @@ def plan_shared_stages(out: Path, source: Path, settings: dict, seeds: Sequence[
             continue
         if stage not in theirs:  # a folder the source comparison's settings do not ask for
             continue
-        depends = DEPENDS.get(stage) or DEPENDS["vcb-arm" if stage.startswith("vcb-") else "sr-arm"] * (stage in arms)
+        if stage in arms:
+            depends = DEPENDS["vcb-arm" if stage.startswith("vcb-") else "sr-arm"]
+        else:
+            depends = DEPENDS.get(stage, ())
         if theirs[stage] != ours[stage]:
             differ[stage] = sorted(k for k in ours[stage] if theirs[stage].get(k) != ours[stage][k])
         elif made_anew := sorted(set(depends) & set(differ)):
