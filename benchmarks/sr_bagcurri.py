@@ -466,21 +466,21 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         against the MLE captioner, the R@1 gaps with their CIs, and whether each holds (key ``{prefix}pass``)."""
         p = prefix.replace("-", "_")
         curri, rnd = f"{prefix}sr-bagcurri", f"{prefix}sr-random"
-        out = {f"{p}bagcurri_vs_mle_R@1_bag5_points": round(100 * (r5[curri] - r5["mle"]), 2),
-               f"{p}bagcurri_vs_random_R@1_bag5_points": round(100 * (r5[curri] - r5[rnd]), 2),
-               f"{p}hallucination_rise_points": round(100 * (table[curri]["hallucination_rate"][0]
-                                                             - table["mle"]["hallucination_rate"][0]), 2),
-               f"{p}cider_relative_change_pct": (round(100 * (table[curri]["CIDEr"][0] / table["mle"]["CIDEr"][0] - 1),
-                                                       2) if table["mle"]["CIDEr"][0] > 0 else None)}  # None: MLE 0
+        halluc = table[curri]["hallucination_rate"][0] - table["mle"]["hallucination_rate"][0]
+        mle_cider = table["mle"]["CIDEr"][0]
+        cider = round(100 * (table[curri]["CIDEr"][0] / mle_cider - 1), 2) if mle_cider > 0 else None  # None: MLE 0
+        figures = {f"{p}bagcurri_vs_mle_R@1_bag5_points": round(100 * (r5[curri] - r5["mle"]), 2),
+                   f"{p}bagcurri_vs_random_R@1_bag5_points": round(100 * (r5[curri] - r5[rnd]), 2),
+                   f"{p}hallucination_rise_points": round(100 * halluc, 2),
+                   f"{p}cider_relative_change_pct": cider}
         for other, name in (("mle", "mle"), (rnd, "random")):
             if (ci := gap_ci(curri, other)) is not None:
-                out[f"{p}bagcurri_vs_{name}_R@1_bag5_ci95"] = list(ci)
-        cider = out[f"{p}cider_relative_change_pct"]
-        out[f"{p}pass"] = {"R@1_bag5_+10_over_mle": out[f"{p}bagcurri_vs_mle_R@1_bag5_points"] >= 10,
-                           "R@1_bag5_+3_over_random": out[f"{p}bagcurri_vs_random_R@1_bag5_points"] >= 3,
-                           "hallucination_rise_<=2": out[f"{p}hallucination_rise_points"] <= 2,
-                           "cider_drop_<=15%": cider is not None and cider >= -15}
-        return out
+                figures[f"{p}bagcurri_vs_{name}_R@1_bag5_ci95"] = list(ci)
+        figures[f"{p}pass"] = {"R@1_bag5_+10_over_mle": figures[f"{p}bagcurri_vs_mle_R@1_bag5_points"] >= 10,
+                               "R@1_bag5_+3_over_random": figures[f"{p}bagcurri_vs_random_R@1_bag5_points"] >= 3,
+                               "hallucination_rise_<=2": figures[f"{p}hallucination_rise_points"] <= 2,
+                               "cider_drop_<=15%": cider is not None and cider >= -15}
+        return figures
 
     checks = acceptance("")
     if "mle-vcb" in scores:  # the whole pipeline: what boosting alone gains, and SR after it
