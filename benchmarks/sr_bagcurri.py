@@ -668,7 +668,8 @@ def markdown_table(result: dict) -> str:
 
         text += (f"\n\nWith Visual Caption Boosting first: MLE + VCB gains {gap('vcb_vs_mle')} points over MLE on bags "
                  f"of 5; SR + BagCurri from it ends {gap('vcb_bagcurri_vs_mle')} over MLE, "
-                 f"{gap('vcb_bagcurri_vs_vcb_mle')} over MLE + VCB and {gap('vcb_bagcurri_vs_random')} over SR with random distractors from it.")
+                 f"{gap('vcb_bagcurri_vs_vcb_mle')} over MLE + VCB and {gap('vcb_bagcurri_vs_random')} over SR "
+                 "with random distractors from it.")
     by_edit = result.get("by_edit") or {}
     if by_edit.get("mle"):  # single edits only, in the MLE's order (most members first)
         kinds = [k for k in by_edit["mle"] if "+" not in k]

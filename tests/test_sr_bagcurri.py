@@ -379,7 +379,8 @@ def test_an_mle_pretraining_stage_comes_first_and_the_mle_stage_fine_tunes_from_
             str(tmp_path / "vcb" / "vcb-world"), 2)
         arm = json.loads((tmp_path / "vcb" / "vcb-sr-bagcurri-s0" / "final" / "training_config.json").read_text())
         assert (arm["init_model"], arm["train_data"], arm["captions"]) == (
-            str(tmp_path / "vcb" / "mle-vcb" / "final"), str(tmp_path / "vcb" / "sr-world-vcb"), "field:boosted_caption")
+            str(tmp_path / "vcb" / "mle-vcb" / "final"), str(tmp_path / "vcb" / "sr-world-vcb"),
+            "field:boosted_caption")
         sr_boosted = read_imagefolder(tmp_path / "vcb" / "sr-world-vcb", check_images=False)
         assert len(sr_boosted) == len(read_imagefolder(out / "sr-world", check_images=False))
         assert all("bag" in r.extra and r.extra["boosted_caption"] for r in sr_boosted)  # the bags stay
