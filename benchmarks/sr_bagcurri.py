@@ -84,21 +84,28 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
 SCORES_VERSION = 1
 
 
-def score_key(model_dir: Path, *, truematch_world: Path, caption_world: Path, retriever_spec: str,
-              retriever: Any) -> str:
-    """What a captioner's saved scores (``OUT/scores/<stage>.json``) were made from, as one digest: its saved
-    files, the held-out world's and the caption world's ``metadata.jsonl``, the retriever (spec and weights'
-    fingerprint) and :data:`SCORES_VERSION`. Scores are reused only under the same key, so a retrained captioner,
-    another world or another judge is scored again."""
+def scoring_context(*, truematch_world: Path, caption_world: Path, retriever_spec: str, retriever: Any) -> str:
+    """Digest of what every captioner of a comparison is scored against: the held-out world's and the caption
+    world's ``metadata.jsonl``, the retriever (spec and weights' fingerprint) and :data:`SCORES_VERSION`. Made
+    once per comparison; :func:`score_key` adds each captioner's files."""
     import hashlib
 
     h = hashlib.sha256(json.dumps([SCORES_VERSION, retriever_spec, getattr(retriever, "fingerprint", "") or ""])
                        .encode())
-    files = sorted(f for f in Path(model_dir).rglob("*") if f.is_file())
-    for tag, f in [*((f.relative_to(model_dir).as_posix(), f) for f in files),
-                   ("truematch_world", Path(truematch_world) / "metadata.jsonl"),
-                   ("caption_world", Path(caption_world) / "metadata.jsonl")]:
-        h.update(tag.encode() + b"\0" + f.read_bytes() + b"\0")
+    for tag, world in (("truematch_world", truematch_world), ("caption_world", caption_world)):
+        h.update(tag.encode() + b"\0" + (Path(world) / "metadata.jsonl").read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def score_key(model_dir: Path, context: str) -> str:
+    """What a captioner's saved scores (``OUT/scores/<stage>.json``) were made from, as one digest: its saved
+    files and the comparison's :func:`scoring_context`. Scores are reused only under the same key, so a retrained
+    captioner, another world or another judge is scored again."""
+    import hashlib
+
+    h = hashlib.sha256(context.encode())
+    for f in sorted(f for f in Path(model_dir).rglob("*") if f.is_file()):
+        h.update(f.relative_to(model_dir).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -361,11 +368,12 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     def boost(source: Path, name: str) -> None:
         """Visual Caption Boosting of a dataset into ``out/name`` (resumable; done once its summary is written)."""
         from vlm.boost import boost_dataset
+        from vlm.data import atomic_write_text
 
         if not (out / name / "boost_summary.json").is_file():
             t = time.perf_counter()
             summary = boost_dataset(source, out / name, use_llm=vcb["llm"], progress=progress)
-            (out / name / "boost_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(out / name / "boost_summary.json", json.dumps(summary, indent=2) + "\n")  # the marker
             world_times.record(name, time.perf_counter() - t)
 
     if vcb_cfg is not None:
@@ -409,6 +417,9 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     retriever_spec, retriever = retriever, load_retriever(retriever)
     cache = EmbeddingCache(cache_dir() / "truematch_embeddings")  # the held-out images are encoded once, not per model
     score_seconds: list[float] = []
+    context = scoring_context(truematch_world=eval_world, caption_world=caption_world, retriever_spec=retriever_spec,
+                              retriever=retriever)
+    (out / "scores").mkdir(exist_ok=True)
 
     def scored(model_dir: Path) -> dict:
         """The captioner's scores, saved in ``out/scores/<stage>.json`` (or taken from ``reuse_from``'s) and reused
@@ -416,10 +427,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         from vlm.data import atomic_write_text, read_json
 
         name = model_dir.parent.name
-        key = score_key(model_dir, truematch_world=eval_world, caption_world=caption_world,
-                        retriever_spec=retriever_spec, retriever=retriever)
+        key = score_key(model_dir, context)
         own = out / "scores" / f"{name}.json"
-        own.parent.mkdir(exist_ok=True)
         for f in (own, *((Path(reuse_from) / "scores" / f"{name}.json",) if reuse_from is not None else ())):
             if f.is_file():
                 saved = read_json(f, "saved captioner scores", fix="delete it to score the captioner again")
