@@ -288,6 +288,24 @@ def test_meteor_equals_pycocoevalcap():
     assert 0.2 < corpus[0] < 0.8
 
 
+@needs_java
+def test_meteor_skips_what_the_jvm_prints_on_stdout(tmp_path, caplog):
+    # HotSpot prints its warnings on stdout ("OpenJDK 64-Bit Server VM warning: ..."); such a line used to shift
+    # every answer by one, so a statistics line was read where a score was expected
+    real = shutil.which("java")
+    fake = tmp_path / "java"
+    fake.write_text(f"#!/bin/sh\necho 'OpenJDK 64-Bit Server VM warning: a message on stdout'\nexec {real} \"$@\"\n")
+    fake.chmod(0o755)
+    gts = {"1": ["a dog runs on the grass", "a brown dog in a field"], "2": ["two cats sleep on a bed"]}
+    res = {"1": ["a dog running on grass"], "2": ["a cat on a bed"]}
+    with caplog.at_level("WARNING", logger="benchmarks.captions.meteor"):
+        noisy = Meteor(timeout=300, java=str(fake)).compute_score(gts, res)
+    assert "VM warning" in caplog.text
+    clean = Meteor(timeout=300).compute_score(gts, res)
+    assert noisy == clean
+    assert 0.2 < clean[0] < 0.8 and len(clean[1]) == 2
+
+
 def _children() -> list[int]:
     me, kids = os.getpid(), []
     for d in Path("/proc").iterdir():

@@ -9,7 +9,10 @@ This wrapper speaks the same protocol (so the scores are the same: one ``SCORE |
 image, then ``EVAL ||| stats ...``), but: captions are sanitised (newlines and ``|||`` removed, spaces
 collapsed), stderr goes to a file, stdout is read by a thread with a deadline, a writer thread feeds
 stdin so neither pipe can fill up, and the process is always closed (killed on timeout or error) before
-the call returns. Several subsets can be scored from one run (METEOR's corpus score aggregates per-image
+the call returns. METEOR answers only numbers; the JVM itself may print a line to stdout (HotSpot's
+``OpenJDK 64-Bit Server VM warning: ...``, e.g. under memory pressure), which would shift every answer
+by one: the JVM is asked to print such messages to stderr, and any line that is not numbers is skipped
+(and logged), so answers are matched to requests by their form, never by position alone. Several subsets can be scored from one run (METEOR's corpus score aggregates per-image
 statistics, so a subset needs its own ``EVAL``, not the mean of per-image scores).
 
 Example (needs Java; ~10 s to load METEOR's paraphrase tables; tests/test_caption_metrics.py runs it)::
@@ -128,7 +131,9 @@ class Meteor:
         lines = [" ||| ".join(["SCORE"] + [_clean(r) for r in gts[k]] + [_clean(res[k][0])]) for k in ids]
         java = java_executable(self.java)
         jar = meteor_jar()
-        cmd = [java, "-jar", f"-Xmx{self.memory}", jar.name, "-", "-", "-stdio", "-l", "en", "-norm"]
+        # VM messages to stderr (ignored by JVMs that lack the option), so stdout carries METEOR's answers alone
+        cmd = [java, "-XX:+IgnoreUnrecognizedVMOptions", "-XX:+DisplayVMOutputToStderr", "-jar",
+               f"-Xmx{self.memory}", jar.name, "-", "-", "-stdio", "-l", "en", "-norm"]
         deadline = time.monotonic() + self.timeout
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(cmd, cwd=jar.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -148,9 +153,16 @@ class Meteor:
     def _talk(self, proc, lines, ids, position, subsets, deadline):
         out: queue.Queue = queue.Queue()
 
+        noise: list[str] = []  # lines that are not METEOR answers (JVM messages), skipped
+
         def reader() -> None:
             for raw in proc.stdout:
-                out.put(raw.decode("utf-8", "replace").strip())
+                line = raw.decode("utf-8", "replace").strip()
+                if _numbers(line) is None:
+                    log.warning("METEOR printed a line that is not an answer, skipped: %r", line[:200])
+                    noise.append(line)
+                    continue
+                out.put(line)
             out.put(None)  # end of output
 
         def writer(payload: bytes) -> None:
@@ -167,13 +179,14 @@ class Meteor:
             except queue.Empty:
                 raise MeteorError(f"METEOR timed out after {self.timeout:g} s waiting for {what}") from None
             if line is None:
-                raise MeteorError(f"METEOR exited (code {proc.poll()}) while {what} was expected")
+                said = f"; it printed {noise[-3:]!r}" if noise else ""
+                raise MeteorError(f"METEOR exited (code {proc.poll()}) while {what} was expected{said}")
             return line
 
         threading.Thread(target=reader, daemon=True).start()
         w = threading.Thread(target=writer, args=("".join(x + "\n" for x in lines).encode("utf-8"),), daemon=True)
         w.start()
-        stats = [read_line(f"the statistics of image {ids[i]!r}") for i in range(len(ids))]
+        stats = [_stats(read_line(f"the statistics of image {ids[i]!r}"), ids[i]) for i in range(len(ids))]
         w.join(timeout=max(deadline - time.monotonic(), 0.001))
 
         def evaluate(chosen: list[str]) -> tuple[float, list[float]]:
@@ -191,11 +204,27 @@ class Meteor:
         return corpus, per_image
 
 
-def _number(text: str, what: str) -> float:
+def _numbers(line: str) -> list[float] | None:
+    """The numbers of a line of METEOR's answers, or None where the line is something else."""
     try:
-        return float(text)
+        values = [float(x) for x in line.split()]
     except ValueError:
-        raise MeteorError(f"METEOR answered {text[:200]!r} where a {what} was expected") from None
+        return None
+    return values or None
+
+
+def _stats(line: str, image) -> str:
+    # a statistics line holds many numbers (matches, lengths, chunks, ...); a lone number is a score
+    if len(line.split()) < 2:
+        raise MeteorError(f"METEOR answered {line[:200]!r} where the statistics of image {image!r} were expected")
+    return line
+
+
+def _number(text: str, what: str) -> float:
+    values = _numbers(text)
+    if values is None or len(values) != 1:
+        raise MeteorError(f"METEOR answered {text[:200]!r} where a {what} was expected")
+    return values[0]
 
 
 def _close(proc: subprocess.Popen, grace: float) -> None:
