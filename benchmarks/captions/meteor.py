@@ -12,8 +12,9 @@ stdin so neither pipe can fill up, and the process is always closed (killed on t
 the call returns. METEOR answers only numbers; the JVM itself may print a line to stdout (HotSpot's
 ``OpenJDK 64-Bit Server VM warning: ...``, e.g. under memory pressure), which would shift every answer
 by one: the JVM is asked to print such messages to stderr, and any line that is not numbers is skipped
-(and logged), so answers are matched to requests by their form, never by position alone. Several subsets can be scored from one run (METEOR's corpus score aggregates per-image
-statistics, so a subset needs its own ``EVAL``, not the mean of per-image scores).
+(and logged), so answers are matched to requests by their form, never by position alone. Several subsets
+can be scored from one run (METEOR's corpus score aggregates per-image statistics, so a subset needs its
+own ``EVAL``, not the mean of per-image scores).
 
 Example (needs Java; ~10 s to load METEOR's paraphrase tables; tests/test_caption_metrics.py runs it)::
 
