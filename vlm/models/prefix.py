@@ -415,11 +415,56 @@ class PrefixCaptioner(nn.Module):
             return self.image_features(self.preprocess(batch["images"]))
         raise ValueError("batch needs 'features', 'pixel_values' or 'images'")
 
+    # ---- adapters for fine-tuning (self-retrieval's ``finetune: lora``) ----------------------------------------
+    def add_lora_adapters(self, r: int = 32, alpha: int = 64, targets: Sequence[str] = ("q_proj", "k_proj",
+                          "v_proj", "o_proj"), *, train_mapper: bool = False) -> int:
+        """Freeze the captioner and put fresh LoRA adapters (peft) on its LM; returns the trainable parameter count.
+
+        Only for a captioner whose LM weights are saved in full (a from-scratch LM, or ``lm_training: full``):
+        :meth:`merge_lora_adapters` folds the adapters back into those weights, so the fine-tuned captioner is
+        saved and loaded like its start. A captioner with ``lm_training: lora`` already trains adapters; one with
+        a frozen pretrained LM saves no LM weights to fold them into.
+        """
+        from peft import LoraConfig, get_peft_model
+
+        if not (self.config.language_model == "scratch" or self.config.lm_training == "full"):
+            raise ValueError(f"LoRA fine-tuning needs a captioner whose LM weights are saved in full (a from-scratch "
+                             f"LM or lm_training: full); this one's LM is {self.config.language_model!r} with "
+                             f"lm_training: {self.config.lm_training!r}"
+                             + (" (its own LoRA adapters are what full fine-tuning trains)"
+                                if self.config.lm_training == "lora" else ""))
+        if r < 1 or alpha <= 0:
+            raise ValueError(f"LoRA rank must be >= 1 and alpha > 0, got r={r}, alpha={alpha}")
+        names = {n.rsplit(".", 1)[-1] for n, _ in self.lm.named_modules()}
+        missing = [t for t in targets if t not in names]
+        if not targets or missing:
+            raise ValueError(f"LoRA targets {missing or list(targets)} are not modules of the LM; it has e.g. "
+                             f"{sorted(n for n in names if n and not n.isdigit())[:12]}")
+        _set_trainable(self, False)
+        self.lm = get_peft_model(self.lm, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
+                                                     lora_dropout=0.0))
+        _set_trainable(self.mapper, train_mapper)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def merge_lora_adapters(self) -> None:
+        """Fold adapters added by :meth:`add_lora_adapters` into the LM weights (a no-op without them)."""
+        if self._has_added_adapters():
+            self.lm = self.lm.merge_and_unload()
+            _set_trainable(self.lm, self.config.lm_training != "frozen")  # trainable again as its config says
+            _set_trainable(self.mapper, True)
+
+    def _has_added_adapters(self) -> bool:
+        # a peft wrapper on an LM whose config trains no adapters of its own (peft is imported only if in use)
+        return type(self.lm).__module__.startswith("peft.") and self.config.lm_training != "lora"
+
     # ---- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
         """``config.json`` + ``model.safetensors`` (everything not reloadable from a package) + tokenizer."""
         from safetensors.torch import save_file
 
+        if self._has_added_adapters():
+            raise ValueError("save_pretrained: the LM carries LoRA adapters added for fine-tuning; fold them into its "
+                             "weights with merge_lora_adapters() first")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         aliases = self._aliased_keys()

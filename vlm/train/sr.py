@@ -76,6 +76,17 @@ class SRConfig:
     lr: float = 2e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    finetune: str = "full"
+    """``full``: train what the captioner's own config trains (its mapper and LM, or its LoRA adapters);
+    ``lora``: freeze the captioner and train fresh LoRA adapters on its LM (``lora_*``), folded into the LM's
+    weights when the run ends, so ``final`` is saved and loaded like the start (a from-scratch LM or
+    ``lm_training: full``). METHODS.md's reference configs fine-tune with LoRA rank 32."""
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names of the LM that get adapters (``finetune: lora``)."""
+    lora_mapper: bool = False
+    """With ``finetune: lora``, also train the mapper (image features -> prefix)."""
     kl_coef: float = 0.0
     """Weight of the KL penalty to the starting model (k3 estimator on sampled tokens)."""
     mle_coef: float = 0.0
@@ -106,6 +117,11 @@ class SRConfig:
             raise ValueError(f"baseline {self.baseline!r} needs n_samples >= 2")
         if self.lr <= 0 or self.batch_size < 1 or self.n_samples < 1:
             raise ValueError("SRConfig: lr, batch_size and n_samples must be positive")
+        if self.finetune not in ("full", "lora"):
+            raise ValueError(f"SRConfig.finetune must be 'full' or 'lora', got {self.finetune!r}")
+        if self.finetune == "lora" and (self.lora_r < 1 or self.lora_alpha <= 0 or not self.lora_targets):
+            raise ValueError(f"SRConfig: LoRA needs lora_r >= 1, lora_alpha > 0 and lora_targets, got "
+                             f"{self.lora_r}, {self.lora_alpha}, {self.lora_targets}")
         if self.captions not in ("human", "dense") and not self.captions.startswith("field:"):
             raise ValueError(f"SRConfig.captions must be 'human', 'dense' or 'field:NAME', got {self.captions!r}")
         Curriculum.from_list(self.curriculum)  # validates the stages now, naming any bad key
@@ -192,6 +208,16 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
     policy = create_captioner(cfg.init_model, device=str(acc.device))
     if getattr(policy.config, "image_encoder_training", "frozen") != "frozen":
         raise ValueError("SR training here needs a frozen image encoder (its features are cached)")
+    if cfg.finetune == "lora":
+        if not hasattr(policy, "add_lora_adapters"):
+            raise ValueError(f"SRConfig.finetune 'lora': {cfg.init_model} is a {type(policy).__name__}, which takes no "
+                             "added adapters; use finetune: full")
+        try:
+            n_lora = policy.add_lora_adapters(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets,
+                                              train_mapper=cfg.lora_mapper)
+        except ValueError as e:
+            raise ValueError(f"SRConfig.finetune 'lora' with {cfg.init_model}: {e}") from None
+        logger.info("LoRA rank %d on %s: %d trainable parameters", cfg.lora_r, cfg.lora_targets, n_lora)
     reference = create_captioner(cfg.init_model, device=str(acc.device)).eval() if cfg.kl_coef else None
     if reference is not None:
         for p in reference.parameters():
@@ -344,6 +370,8 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
     summary = {"steps": step, "train_images": len(train_ds), "stages": [s.describe() for s in curriculum.stages],
                "wall_time_s": round(time.perf_counter() - t_start, 1), "eval": last_eval}
     if acc.is_main_process:
+        if cfg.finetune == "lora":
+            model.merge_lora_adapters()  # final is a captioner like the start: adapters folded into the LM
         model.save_pretrained(out / "final")
         (out / "final" / "training_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
