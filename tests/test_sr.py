@@ -460,6 +460,10 @@ def test_sr_with_lora_trains_only_the_adapters_and_resumes(toy):
     assert changed and all(k.startswith("lm.") and "_proj" in k for k in changed), sorted(changed)[:5]
     assert {k.split(".")[-2] for k in changed} <= {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert train_sr(_sr_cfg(toy, "lora-part", **kw), stop_after_steps=3) == {"stopped_at": 3}
+    from vlm.train.checkpoint import latest_checkpoint
+
+    kept = load_file(str(latest_checkpoint(toy / "lora-part" / "checkpoints") / "model.safetensors"))
+    assert kept and all("lora_" in k for k in kept)  # the frozen rest is the start's, not saved again
     train_sr(_sr_cfg(toy, "lora-part", **kw))
     a = load_file(str(toy / "lora" / "final" / "model.safetensors"))
     b = load_file(str(toy / "lora-part" / "final" / "model.safetensors"))
@@ -468,3 +472,5 @@ def test_sr_with_lora_trains_only_the_adapters_and_resumes(toy):
         _sr_cfg(toy, "bad", finetune="adapters")
     with pytest.raises(ValueError, match="lora_r >= 1"):
         _sr_cfg(toy, "bad", finetune="lora", lora_r=0)
+    with pytest.raises(ValueError, match="lora_targets must be a list of module names"):
+        _sr_cfg(toy, "bad", finetune="lora", lora_targets="q_proj")

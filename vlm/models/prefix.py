@@ -425,8 +425,6 @@ class PrefixCaptioner(nn.Module):
         saved and loaded like its start. A captioner with ``lm_training: lora`` already trains adapters; one with
         a frozen pretrained LM saves no LM weights to fold them into.
         """
-        from peft import LoraConfig, get_peft_model
-
         if not (self.config.language_model == "scratch" or self.config.lm_training == "full"):
             raise ValueError(f"LoRA fine-tuning needs a captioner whose LM weights are saved in full (a from-scratch "
                              f"LM or lm_training: full); this one's LM is {self.config.language_model!r} with "
@@ -441,8 +439,7 @@ class PrefixCaptioner(nn.Module):
             raise ValueError(f"LoRA targets {missing or list(targets)} are not modules of the LM; it has e.g. "
                              f"{sorted(n for n in names if n and not n.isdigit())[:12]}")
         _set_trainable(self, False)
-        self.lm = get_peft_model(self.lm, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
-                                                     lora_dropout=0.0))
+        self.lm = _with_lora(self.lm, r, alpha, targets)
         _set_trainable(self.mapper, train_mapper)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
@@ -541,6 +538,13 @@ def _left_pad(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
     return out_e, out_m
 
 
+def _with_lora(lm: nn.Module, r: int, alpha: int, targets: Sequence[str]) -> nn.Module:
+    """``lm`` wrapped by peft with fresh LoRA adapters on ``targets`` (its base weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(lm, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0))
+
+
 def _build_lm(cfg: PrefixCaptionerConfig, tokenizer: Any):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -571,10 +575,7 @@ def build_prefix_captioner(config: PrefixCaptionerConfig | None = None, *, token
     enc = load_image_encoder(cfg.image_encoder)
     lm, tok = _build_lm(cfg, tokenizer)
     if cfg.lm_training == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lm = get_peft_model(lm, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                           target_modules=list(cfg.lora_targets), lora_dropout=0.0))
+        lm = _with_lora(lm, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
     model = PrefixCaptioner(cfg, enc, lm, tok)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("prefix captioner: %.2fM trainable of %.2fM parameters", n_train / 1e6,

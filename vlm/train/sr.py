@@ -122,6 +122,8 @@ class SRConfig:
         if self.finetune == "lora" and (self.lora_r < 1 or self.lora_alpha <= 0 or not self.lora_targets):
             raise ValueError(f"SRConfig: LoRA needs lora_r >= 1, lora_alpha > 0 and lora_targets, got "
                              f"{self.lora_r}, {self.lora_alpha}, {self.lora_targets}")
+        if isinstance(self.lora_targets, str) or not all(isinstance(t, str) for t in self.lora_targets):
+            raise ValueError(f"SRConfig.lora_targets must be a list of module names, got {self.lora_targets!r}")
         if self.captions not in ("human", "dense") and not self.captions.startswith("field:"):
             raise ValueError(f"SRConfig.captions must be 'human', 'dense' or 'field:NAME', got {self.captions!r}")
         Curriculum.from_list(self.curriculum)  # validates the stages now, naming any bad key
@@ -277,6 +279,13 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
     wrapped, opt_p = acc.prepare(policy, opt)
     model = acc.unwrap_model(wrapped)
 
+    def checkpoint_state() -> dict:
+        # with LoRA the rest is the start's, rebuilt on resume: the checkpoint keeps what trains
+        if cfg.finetune == "lora":
+            return {k: v for k, v in model.state_dict().items()
+                    if "lora_" in k or (cfg.lora_mapper and k.startswith("mapper."))}
+        return _trainable_state(model)
+
     def evaluate_now() -> dict:
         return evaluate_policy(model, eval_ds, eval_feats, eval_img_emb, eval_bags, retriever, cfg)
 
@@ -357,7 +366,7 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
         if step % cfg.checkpoint_every == 0 or step == total_steps or step == stop_after_steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                save_checkpoint(ckpt_dir, model_state=_trainable_state(model), optimizer=opt, scheduler=sched,
+                save_checkpoint(ckpt_dir, model_state=checkpoint_state(), optimizer=opt, scheduler=sched,
                                 keep=cfg.keep_checkpoints,
                                 trainer_state={"step": step, "config": dataclasses.asdict(cfg),
                                                "baseline": baseline.state_dict(),
