@@ -8,6 +8,9 @@ keeps one per image by a rule, and scores the kept captions with the TrueMatch p
 under the same retriever) and against the scene graphs (facts per caption, hallucination rate):
 
 - ``beam``: the protocol decoding (beam 5), the captioner as it is;
+- ``greedy``: the likeliest token at each step (no search), the caption that sampling-based SR moves first. Far
+  below ``beam``, it says that beam search already composes details the likeliest caption leaves out, which an
+  SR gain under the protocol's beam 5 cannot claim again;
 - ``sample``: the first sample, one policy draw;
 - ``clip_s``: the sample closest to its own image (no distractors: what a decoding-time reranker gets);
 - ``rd{K}``: the best contrastive reward against ``K`` random images of the world (what random-distractor
@@ -70,10 +73,11 @@ def sr_headroom(captioner: Any, data: Any, retriever: Any, *, n: int = 16, tempe
     if N <= max(k_random, k_nn):
         raise ValueError(f"sr_headroom: {N} images are too few for k_random={k_random} / k_nn={k_nn} distractors")
     torch.manual_seed(seed)
-    beam, samples = [], []
+    beam, greedy, samples = [], [], []
     for start in tqdm(range(0, N, batch_size), desc="sr-headroom captions", disable=not progress):
         ims = [data.image(i) for i in range(start, min(N, start + batch_size))]
         beam += captioner.generate(ims, num_beams=5, max_new_tokens=20, stop_at_period=True)
+        greedy += captioner.generate(ims, num_beams=1, max_new_tokens=20, stop_at_period=True)
         samples += captioner.generate(ims, do_sample=True, temperature=temperature, num_return_sequences=n,
                                       max_new_tokens=20, stop_at_period=True)
     img = encode_image_files(retriever, data.paths, batch_size=batch_size, cache=cache).float()
@@ -114,7 +118,8 @@ def sr_headroom(captioner: Any, data: Any, retriever: Any, *, n: int = 16, tempe
                    hallucination_rate=round(f["hallucination_rate"], 4), mean_length_words=round(words, 2))
         return out
 
-    result = {"beam": score(t_beam, beam)}
+    result = {"beam": score(t_beam, beam),
+              "greedy": score(retriever.encode_texts([c or "." for c in greedy]).float(), greedy)}
     rows = torch.arange(N)
     for name, j in picks.items():
         result[name] = score(t_samp[rows, j], [samples[i * n + int(j[i])] for i in range(N)])

@@ -627,3 +627,14 @@ def test_world_settings_read_a_finished_world_and_name_a_damaged_marker(tmp_path
     (out / "world.json").write_text('{"n": 3,')
     with pytest.raises(ValueError, match=r"w/world\.json line 1: not a valid world marker .*delete the folder"):
         world_matches(out, n=3)
+
+
+def test_file_identity_sees_through_linked_folders_and_notices_changes(tmp_path):
+    (tmp_path / "real").mkdir()
+    f = tmp_path / "real" / "a.bin"
+    f.write_bytes(b"abc")
+    (tmp_path / "linked").symlink_to(tmp_path / "real", target_is_directory=True)
+    same = vlm.data.file_identity(tmp_path / "linked" / "a.bin")
+    assert same == vlm.data.file_identity(f) and same.startswith(str(f.resolve()) + "|3|")
+    f.write_bytes(b"abcd")  # new size: another identity, through either path
+    assert vlm.data.file_identity(tmp_path / "linked" / "a.bin") != same

@@ -35,7 +35,8 @@ class CaptionJudge:
 
 
 class ScriptedCaptioner:
-    """Beam: "A picture." Samples: another image's dense caption first, the image's own at position i % n."""
+    """Beam: "A picture." Greedy: the image's own dense caption. Samples: another image's dense caption first, the
+    image's own at position i % n."""
 
     def __init__(self, index_of: dict[str, int], dense: list[str]):
         self.index_of, self.dense = index_of, dense
@@ -45,7 +46,7 @@ class ScriptedCaptioner:
         for im in images:
             i = self.index_of[_key(im)]
             if not do_sample:
-                out.append("A picture.")
+                out.append("A picture." if num_beams > 1 else self.dense[i])
                 continue
             caps = [self.dense[(i + 1 + k) % len(self.dense)] for k in range(num_return_sequences)]
             caps[i % num_return_sequences or 1] = self.dense[i]  # never sample 0: that one is always wrong
@@ -67,11 +68,11 @@ def test_every_rule_keeps_the_image_own_dense_caption(world):
     judge = CaptionJudge(dict(zip(keys, dense)))
     cap = ScriptedCaptioner({k: i for i, k in enumerate(keys)}, dense)
     res = sr_headroom(cap, data, judge, n=4, k_random=5, k_nn=3, batch_size=16)
-    assert list(res) == ["beam", "sample", "clip_s", "rd5", "nn3", "bag"]
+    assert list(res) == ["beam", "greedy", "sample", "clip_s", "rd5", "nn3", "bag"]
     for k in data.bags:  # one caption for every image of a bag: ties shared, chance
         assert res["beam"][f"R@1/bag{k}"] == pytest.approx(1 / k, abs=1e-4)
     assert res["beam"]["facts_per_caption"] == 0
-    for rule in ("clip_s", "rd5", "nn3", "bag"):  # the own dense caption: exact, found by every reward
+    for rule in ("greedy", "clip_s", "rd5", "nn3", "bag"):  # the own dense caption: exact, found by every reward
         assert all(res[rule][f"R@1/bag{k}"] == 1.0 for k in data.bags)
         assert res[rule]["hallucination_rate"] == 0.0 and res[rule]["facts_per_caption"] > 3
     assert res["sample"]["hallucination_rate"] > 0.2  # another image's caption states wrong facts
@@ -151,7 +152,7 @@ def test_cli_help_names_the_rules(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert all(w in out for w in ("clip_s", "nn{K}", "--k-nn", "--world", "--retriever"))
+    assert all(w in out for w in ("clip_s", "greedy", "nn{K}", "--k-nn", "--world", "--retriever"))
 
 
 def _run_cli(world_dir, tmp_path, keys, dense, *, n):
@@ -177,7 +178,7 @@ def test_cli_scores_a_saved_captioner_and_writes_json(world, tmp_path, capsys):
     root, data, keys, dense = world
     out = _run_cli(root, tmp_path, keys, dense, n=3)
     scores = json.loads(out.read_text())["scores"]
-    assert list(scores) == ["beam", "sample", "clip_s", "rd4", "nn2", "bag"]
+    assert list(scores) == ["beam", "greedy", "sample", "clip_s", "rd4", "nn2", "bag"]
     for row in scores.values():  # the real path: a saved captioner sampled, scored and written per rule
         assert all(0.0 <= row[f"R@1/bag{k}"] <= 1.0 for k in data.bags) and row["mean_length_words"] >= 0
     printed = capsys.readouterr().out
@@ -205,4 +206,4 @@ def test_cli_says_up_front_why_there_is_no_sight_table(world, tmp_path, capsys):
     assert f"no sight table ({bare}: records without 'dense_caption' (exact captions))" in captured.err
     assert "(no sight table:" in captured.out
     result = json.loads(out.read_text())
-    assert result["sight"] is None and set(result["scores"]) == {"beam", "sample", "clip_s", "rd4", "nn2", "bag"}
+    assert result["sight"] is None and set(result["scores"]) == {"beam", "greedy", "sample", "clip_s", "rd4", "nn2", "bag"}

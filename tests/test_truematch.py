@@ -481,6 +481,18 @@ def test_embedding_cache_second_run_encodes_nothing(public, tmp_path):
     assert second.metrics == first.metrics
 
 
+def test_embedding_cache_serves_images_reached_through_a_linked_folder(public, tmp_path):
+    data = tm.load_bags_json(public / "bags.json", public / "images", image_ext=".png")
+    cache = tm.EmbeddingCache(tmp_path / "cache")
+    r = ColourRetriever()
+    first = tm.encode_image_files(r, data.paths, cache=cache)
+    (tmp_path / "linked").symlink_to(public / "images", target_is_directory=True)  # as --reuse-from links a world
+    linked = tm.load_bags_json(public / "bags.json", tmp_path / "linked", image_ext=".png")
+    assert linked.paths[0] != data.paths[0]
+    again = tm.encode_image_files(r, linked.paths, cache=cache)
+    assert r.images_encoded == 7 and torch.equal(again, first)
+
+
 def test_embedding_cache_reencodes_only_a_changed_file(public, tmp_path):
     data = tm.load_bags_json(public / "bags.json", public / "images", image_ext=".png")
     cache = tm.EmbeddingCache(tmp_path / "cache")

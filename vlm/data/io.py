@@ -183,7 +183,10 @@ class _ErrorPolicy:
 
 
 def file_identity(path: str | os.PathLike) -> str:
-    """``"<absolute path>|<size>|<mtime_ns>"``: what cache keys use to notice that a file changed.
+    """``"<real path>|<size>|<mtime_ns>"``: what cache keys use to notice that a file changed.
+
+    The path is resolved through symbolic links, so a dataset reached through a linked folder (a comparison that
+    links another's world) shares the cached features and embeddings of its real files.
 
     Example:
         >>> import tempfile
@@ -192,7 +195,7 @@ def file_identity(path: str | os.PathLike) -> str:
         '3'
     """
     st = os.stat(path)
-    return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def check_image_file(path: str | os.PathLike) -> None:
