@@ -23,6 +23,12 @@
    on the SR world with its references boosted the same way (``OUT/sr-world-vcb``: the MLE term and the CIDEr-D
    reward anchor to the boosted captions), scored beside the others.
 
+6. With ``--greedy``, a diagnostic beside the protocol: every captioner's TrueMatch R@1 with greedy decoding (the
+   likeliest token at each step, the same limits), with the gaps between them and their confidence intervals.
+   Beam search can itself string together details that a captioner's likeliest caption leaves out; SR makes the
+   likeliest caption say them, so the two decodings tell apart what SR teaches and what beam search already did.
+   The acceptance checks use the protocol's beam 5 only.
+
 The table (mean and spread over seeds), R@1 per kind of edit between bag members (which details each model's
 captions tell apart), hallucination per kind of fact and the acceptance checks are written to
 ``OUT/sr_bagcurri.md`` and ``.json``, and a figure to ``OUT/sr_bagcurri.png`` (:func:`plot_sr_bagcurri`: R@1 on
@@ -75,6 +81,22 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
                                        "mean_length_words", "vocabulary", "facts_by_kind", "hallucination_by_kind")})
     out["by_edit"] = {k: round(v["R@1"], 4) for k, v in tm.by_edit().items()}
     # per bag, the share of its members that hit: what the confidence intervals of the differences resample
+    out["bag_hits"] = {str(size): [round(float(x), 4) for x in h.float().mean(dim=1)]
+                       for size, h in sorted(tm.scores.bag_hits.items())}
+    return out
+
+
+def evaluate_greedy(model_dir: Path, *, truematch_world: Path, retriever: Any, cache: Any = None,
+                    progress: bool = False) -> dict:
+    """TrueMatch R@1 per bag size of one captioner decoded greedily (at most 20 tokens, stop at the first '.'),
+    and each bag's share of hits (``bag_hits``, as :func:`evaluate_captioner`'s): the ``--greedy`` diagnostic."""
+    from benchmarks.truematch import _ProtocolDecoding, evaluate_truematch, load_world_bags
+    from vlm.models import create_captioner
+
+    tm = evaluate_truematch(load_world_bags(truematch_world), retriever,
+                            captioner=_ProtocolDecoding(create_captioner(str(model_dir)), num_beams=1), cache=cache,
+                            progress=progress)
+    out: dict[str, Any] = {k: round(v, 4) for k, v in tm.metrics.items() if k.startswith("R@1/bag") and v is not None}
     out["bag_hits"] = {str(size): [round(float(x), 4) for x in h.float().mean(dim=1)]
                        for size, h in sorted(tm.scores.bag_hits.items())}
     return out
@@ -254,7 +276,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         model: str | None = None, retriever: str | None = None, mle_set: dict | None = None,
         sr_set: dict | None = None, eval_world_n: int = 1500, sr_configs: dict[str, Path] | None = None,
         pretrain_set: dict | None = None, reference_set: dict | None = None, vcb_set: dict | None = None,
-        vcb_llm: bool = False, reuse_from: str | Path | None = None, progress: bool = True) -> dict:
+        vcb_llm: bool = False, reuse_from: str | Path | None = None, greedy: bool = False,
+        progress: bool = True) -> dict:
     """The whole comparison into ``out`` (finished stages reused). ``mle_config``: the MLE recipe; ``model``: a
     captioner overriding the recipe's (e.g. ``prefix-mid-pos-small``); ``retriever``: the reward and
     evaluation retriever overriding the SR configs' (e.g. ``finecap:lit-v2``); ``mle_set`` / ``sr_set``: more
@@ -272,7 +295,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     fields too (e.g. ``{"epochs": 4}``) into ``out/mle-vcb``, and both SR arms per seed from that captioner
     (``out/vcb-sr-bagcurri-s0``, ...) on the SR world with boosted references (``out/sr-world-vcb``);
     ``reuse_from``: another comparison's folder whose finished MLE stages, worlds and SR arms this one would make
-    identically, linked in rather than made again
+    identically, linked in rather than made again; ``greedy``: also score every captioner decoded greedily (a
+    diagnostic beside the protocol's beam 5, kept with its saved scores; no stage is made again for it)
     (:func:`plan_shared_stages`; the result names them under ``reused``, and those made anew for differing inputs
     under ``not_reused``)."""
     from benchmarks.report import StageTimings
@@ -433,16 +457,23 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
             if f.is_file():
                 saved = read_json(f, "saved captioner scores", fix="delete it to score the captioner again")
                 if isinstance(saved, dict) and saved.get("key") == key:
-                    if f != own:
-                        atomic_write_text(own, f.read_text())
-                    score_seconds.append(saved["seconds"])
-                    return saved["scores"]
-        t = time.perf_counter()
-        result = evaluate_captioner(model_dir, truematch_world=eval_world, caption_world=caption_world,
-                                    retriever=retriever, cache=cache, progress=progress)
-        score_seconds.append(round(time.perf_counter() - t, 1))
-        atomic_write_text(own, json.dumps({"key": key, "seconds": score_seconds[-1], "scores": result}) + "\n")
-        return result
+                    break
+        else:
+            t = time.perf_counter()
+            result = evaluate_captioner(model_dir, truematch_world=eval_world, caption_world=caption_world,
+                                        retriever=retriever, cache=cache, progress=progress)
+            saved = {"key": key, "seconds": round(time.perf_counter() - t, 1), "scores": result}
+            f = None
+        if greedy and "greedy" not in saved["scores"]:  # added to saved scores without scoring beam 5 again
+            t = time.perf_counter()
+            saved["scores"]["greedy"] = evaluate_greedy(model_dir, truematch_world=eval_world, retriever=retriever,
+                                                        cache=cache, progress=progress)
+            saved["greedy_seconds"] = round(time.perf_counter() - t, 1)
+            f = None
+        if f != own:
+            atomic_write_text(own, json.dumps(saved) + "\n")
+        score_seconds.append(saved["seconds"] + saved.get("greedy_seconds", 0.0))
+        return saved["scores"]
 
     scores: dict[str, list[dict]] = {"mle": [scored(out / "mle" / "final")]}
     reference = {"mle-reference": [out / "mle-reference" / "final"]} if ref_cfg is not None else {}
@@ -505,6 +536,20 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
             checks["reference_vs_mle_R@1_bag5_ci95"] = list(ci)
         if gain > 0:
             checks["bagcurri_share_of_reference_gain"] = round((r5["sr-bagcurri"] - r5["mle"]) / gain, 3)
+    greedy_table = {}
+    if greedy:  # the diagnostic's R@1 and gaps on bags of 5; the acceptance above is the protocol's alone
+        greedy_table = {name: {k: _mean_std([r["greedy"][k] for r in rows]) for k in rows[0]["greedy"]
+                               if k.startswith("R@1/bag")} for name, rows in scores.items()}
+        g5 = {k: v["R@1/bag5"][0] for k, v in greedy_table.items() if "R@1/bag5" in v}
+        pairs = [("sr-bagcurri", "mle"), ("sr-bagcurri", "sr-random"), ("sr-random", "mle")]
+        pairs += [(k, "mle") for k in ("mle-reference", "mle-vcb") if k in g5]
+        for a, b in pairs:
+            if a in g5 and b in g5:
+                key = f"greedy_{a}_vs_{b}".replace("-", "_")
+                checks[f"{key}_R@1_bag5_points"] = round(100 * (g5[a] - g5[b]), 2)
+                hits = [[r["greedy"]["bag_hits"]["5"] for r in scores[k]] for k in (a, b)]
+                _, lo, hi = bag_difference_ci(*hits)
+                checks[f"{key}_R@1_bag5_ci95"] = [round(100 * lo, 2), round(100 * hi, 2)]
     checks["pass"] = checks.pop("pass")  # last, after the other figures
     stages = (["mle-pretrain"] if pretrain_set else []) + ["mle"] + (["mle-reference"] if reference_set else []) + (
         ["mle-vcb"] if vcb is not None else []) + [p.parent.name for d in runs.values() for p in d]
@@ -524,6 +569,8 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
               "by_edit": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()} for k, v in by_edit.items()},
               "facts_by_kind": {k: {kind: {m: [round(a, 4), round(b, 4)] for m, (a, b) in d.items()}
                                     for kind, d in v.items()} for k, v in by_fact.items()},
+              "greedy": {k: {m: [round(a, 4), round(b, 4)] for m, (a, b) in v.items()}
+                         for k, v in greedy_table.items()},
               "per_seed": scores, "checks": checks, "timings": timings, "wall_time_s": wall,
               "stage_times_s": stage_times, "stage_time_s": round(sum(stage_times.values()), 1)}
     if reused:
@@ -679,6 +726,21 @@ def markdown_table(result: dict) -> str:
                  f"of 5; SR + BagCurri from it ends {gap('vcb_bagcurri_vs_mle')} over MLE, "
                  f"{gap('vcb_bagcurri_vs_vcb_mle')} over MLE + VCB and {gap('vcb_bagcurri_vs_random')} over SR "
                  "with random distractors from it.")
+    greedy = result.get("greedy") or {}
+    if greedy:
+        cols = [c for c in next(iter(greedy.values())) if c.startswith("R@1/bag")]
+        text += ("\n\nR@1 (%) with greedy decoding (`--greedy`, a diagnostic; the table above and the checks use the "
+                 "protocol's beam 5):\n\n| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+        for k, v in greedy.items():
+            text += f"\n| {_label(k, result)} | " + " | ".join(f"{100 * v[c][0]:.1f} ± {100 * v[c][1]:.1f}"
+                                                           for c in cols) + " |"
+        notes = [f"{NAMES.get(a, a)} over {NAMES.get(b, b)} {checks[key + '_R@1_bag5_points']:+.1f} (95 % CI "
+                 f"{checks[key + '_R@1_bag5_ci95'][0]:+.1f} to {checks[key + '_R@1_bag5_ci95'][1]:+.1f})"
+                 for a, b in (("sr-bagcurri", "mle"), ("sr-bagcurri", "sr-random"), ("sr-random", "mle"),
+                              ("mle-reference", "mle"), ("mle-vcb", "mle"))
+                 for key in [f"greedy_{a}_vs_{b}".replace("-", "_")] if key + "_R@1_bag5_points" in checks]
+        if notes:
+            text += "\n\nGreedy, bags of 5: " + "; ".join(notes) + "."
     by_edit = result.get("by_edit") or {}
     if by_edit.get("mle"):  # single edits only, in the MLE's order (most members first)
         kinds = [k for k in by_edit["mle"] if "+" not in k]
@@ -740,6 +802,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="another comparison's folder: link in its finished MLE stages, worlds and SR arms where "
                         "this comparison would make them identically (e.g. to compare other --sr-set values or "
                         "another --bagcurri-config)")
+    p.add_argument("--greedy", action="store_true",
+                   help="also score every captioner decoded greedily, a diagnostic beside the protocol's beam 5: "
+                        "what SR teaches the likeliest caption against what beam search already finds")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if (args.vcb_set or args.vcb_llm) and not args.vcb:
@@ -756,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
                  reference_set=parse_overrides(args.reference_set, option="--reference-set"),
                  vcb_set=parse_overrides(args.vcb_set, option="--vcb-set") if args.vcb else None, vcb_llm=args.vcb_llm,
                  sr_configs={"sr-random": Path(args.random_config), "sr-bagcurri": Path(args.bagcurri_config)},
-                 reuse_from=args.reuse_from, progress=not args.quiet)
+                 reuse_from=args.reuse_from, greedy=args.greedy, progress=not args.quiet)
     print(markdown_table(result))
     print(json.dumps(result["checks"], indent=2))
     return 0

@@ -929,6 +929,9 @@ class TrueMatchConfig:
     """Predictions JSON ``{image_id: caption}``, ``reference:dense_caption`` / ``reference:first`` on a world,
     or ``model:<captioner>`` (a trained folder or ``hf:<id>``) to caption every image independently with
     the protocol's decoding (beam 5, 20 tokens, stop at the first '.')."""
+    num_beams: int = 5
+    """``model:`` captions: beams of the decoding. 5 is the protocol; 1 decodes greedily (the likeliest token at
+    each step), a diagnostic of how much of a captioner's R@1 beam search itself adds."""
     bags: str | None = None
     """Public layout: the bags JSON (with ``images``)."""
     images: str | None = None
@@ -974,16 +977,21 @@ class TrueMatchConfig:
                 raise ValueError(f"{name}.{f} must be >= 1, got {getattr(self, f)}")
         if self.rd_candidates < 2:
             raise ValueError(f"{name}.rd_candidates must be >= 2, got {self.rd_candidates}")
+        if self.num_beams < 1:
+            raise ValueError(f"{name}.num_beams must be >= 1, got {self.num_beams}")
+        if self.num_beams != 5 and not self.captions.startswith("model:"):
+            raise ValueError(f"{name}.num_beams applies to model: captions only, got captions={self.captions!r}")
 
 
 class _ProtocolDecoding:
-    """A captioner decoding as the TrueMatch protocol does: beam 5, at most 20 tokens, stop at the first '.'."""
+    """A captioner decoding as the TrueMatch protocol does: beam 5, at most 20 tokens, stop at the first '.'
+    (``num_beams=1``: greedy, the same limits)."""
 
-    def __init__(self, captioner: Any):
-        self.captioner = captioner
+    def __init__(self, captioner: Any, num_beams: int = 5):
+        self.captioner, self.num_beams = captioner, num_beams
 
     def generate(self, images: list) -> list[str]:
-        return self.captioner.generate(images, num_beams=5, max_new_tokens=20, stop_at_period=True)
+        return self.captioner.generate(images, num_beams=self.num_beams, max_new_tokens=20, stop_at_period=True)
 
 
 def run_truematch(config: TrueMatchConfig) -> dict[str, Any]:
@@ -1004,7 +1012,8 @@ def run_truematch(config: TrueMatchConfig) -> dict[str, Any]:
     if config.captions.startswith("model:"):
         from vlm.models import load_captioner
 
-        captioner = _ProtocolDecoding(load_captioner(config.captions[len("model:"):], device=device))
+        captioner = _ProtocolDecoding(load_captioner(config.captions[len("model:"):], device=device),
+                                      num_beams=config.num_beams)
         captions = None
     else:
         captions = read_captions(config.captions, data)
@@ -1068,6 +1077,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", required=True,
                    help="predictions JSON {image_id: caption}, reference:dense_caption / reference:first (world), "
                         "or model:<trained captioner folder or hf:id> to caption the images here")
+    p.add_argument("--num-beams", type=int, default=5,
+                   help="model: captions, beams of the decoding (default 5, the protocol; 1: greedy)")
     p.add_argument("--out", default="runs/truematch", help="output folder (default runs/truematch)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder batch (default 64)")
@@ -1090,7 +1101,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         config = TrueMatchConfig(
-            retriever=args.retriever, captions=args.captions, bags=args.bags, images=args.images,
+            retriever=args.retriever, captions=args.captions, num_beams=args.num_beams, bags=args.bags,
+            images=args.images,
             image_ext=args.image_ext, world=args.world, split=args.split, out=args.out, device=args.device,
             batch_size=args.batch_size, chunk_size=args.chunk_size, seed=args.seed, rd_candidates=args.rd_candidates,
             cache_dir=args.cache_dir, no_cache=args.no_cache, progress=not args.quiet)

@@ -284,6 +284,28 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         arms = run(tmp_path / "arms", [0], **kw, reuse_from=tmp_path / "out")
         assert arms["timings"] == {} and arms["table"] == result["table"] and "not_reused" not in arms
         assert (tmp_path / "arms" / "sr-bagcurri-s0").is_symlink()
+        # --greedy: every captioner decoded greedily too, added to its saved scores without scoring beam 5 again
+        sb.evaluate_captioner = no_scoring
+        try:
+            g = run(tmp_path / "out", [0], **kw, greedy=True)
+        finally:
+            sb.evaluate_captioner = real_evaluate
+        assert g["table"] == result["table"] and g["checks"]["pass"] == result["checks"]["pass"]
+        assert set(g["greedy"]) == {"mle", "sr-random", "sr-bagcurri"}
+        direct = sb.evaluate_greedy(tmp_path / "out" / "mle" / "final", truematch_world=tmp_path / "out" /
+                                    "truematch-eval", retriever=PaletteRetriever())
+        assert g["greedy"]["mle"]["R@1/bag5"][0] == direct["R@1/bag5"]
+        for a, b in (("sr_bagcurri", "mle"), ("sr_bagcurri", "sr_random"), ("sr_random", "mle")):
+            pts, (lo, hi) = (g["checks"][f"greedy_{a}_vs_{b}_R@1_bag5_{k}"] for k in ("points", "ci95"))
+            assert lo <= pts <= hi
+        assert "with greedy decoding" in (tmp_path / "out" / "sr_bagcurri.md").read_text()
+        saved_g = json.loads((tmp_path / "out" / "scores" / "mle.json").read_text())
+        assert saved_g["scores"]["greedy"]["R@1/bag5"] == direct["R@1/bag5"] and saved_g["greedy_seconds"] > 0
+        real_greedy, sb.evaluate_greedy = sb.evaluate_greedy, no_scoring
+        try:
+            assert run(tmp_path / "out", [0], **kw, greedy=True)["greedy"] == g["greedy"]  # kept, not redone
+        finally:
+            sb.evaluate_greedy = real_greedy
         with pytest.raises(FileNotFoundError, match="not a comparison folder"):
             run(tmp_path / "bad", [0], **kw, reuse_from=tmp_path)
         (tmp_path / "broken").mkdir()

@@ -542,6 +542,10 @@ def test_config_requires_exactly_one_data_layout():
         tm.TrueMatchConfig(retriever="x", captions="c.json", bags="b.json")
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         tm.TrueMatchConfig(retriever="x", captions="c.json", world="w", chunk_size=0)
+    with pytest.raises(ValueError, match="num_beams applies to model: captions only"):
+        tm.TrueMatchConfig(retriever="x", captions="c.json", world="w", num_beams=1)
+    with pytest.raises(ValueError, match="num_beams must be >= 1"):
+        tm.TrueMatchConfig(retriever="x", captions="model:m", world="w", num_beams=0)
 
 
 def test_cli_captions_with_a_trained_captioner_folder(tmp_path, capsys):
@@ -565,3 +569,16 @@ def test_cli_captions_with_a_trained_captioner_folder(tmp_path, capsys):
     assert res["counts"]["images"] == 15 and 0.0 <= res["R@1/bag3"] <= 1.0
     items = [json.loads(x) for x in (tmp_path / "out" / "truematch_items.jsonl").read_text().splitlines()]
     assert len(items) == 15 and all(isinstance(r["caption"], str) for r in items)
+    # --num-beams 1: the same captioner decoded greedily (same limits), recorded in the saved config
+    rc = main(["--retriever", f"open_clip:{cfg}:random", "--world", str(world), "--captions",
+               f"model:{tmp_path / 'cap'}", "--num-beams", "1", "--out", str(tmp_path / "greedy"), "--quiet",
+               "--no-cache"])
+    assert rc == 0
+    capsys.readouterr()
+    data = tm.load_world_bags(world)
+    ims = [data.image(i) for i in range(data.n_images)]
+    for folder, beams in (("out", 5), ("greedy", 1)):
+        rows = [json.loads(x) for x in (tmp_path / folder / "truematch_items.jsonl").read_text().splitlines()]
+        want = dict(zip(data.ids, cap.generate(ims, num_beams=beams, max_new_tokens=20, stop_at_period=True)))
+        assert all(r["caption"] == want[r["image_id"]] for r in rows)
+    assert json.loads((tmp_path / "greedy" / "truematch.json").read_text())["config"]["num_beams"] == 1
