@@ -86,19 +86,27 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
     return out
 
 
-def evaluate_greedy(model_dir: Path, *, truematch_world: Path, retriever: Any, cache: Any = None,
-                    progress: bool = False) -> dict:
-    """TrueMatch R@1 per bag size of one captioner decoded greedily (at most 20 tokens, stop at the first '.'),
-    and each bag's share of hits (``bag_hits``, as :func:`evaluate_captioner`'s): the ``--greedy`` diagnostic."""
+def evaluate_greedy(model_dir: Path, *, truematch_world: Path, retriever: Any, caption_world: Path | None = None,
+                    cache: Any = None, progress: bool = False) -> dict:
+    """The ``--greedy`` diagnostic: one captioner decoded greedily (at most 20 tokens, stop at the first '.').
+    TrueMatch R@1 per bag size and each bag's share of hits (``bag_hits``, as :func:`evaluate_captioner`'s); with
+    ``caption_world``, CIDEr-D, facts, hallucination and length of its greedy captions of that world's test split."""
     from benchmarks.truematch import _ProtocolDecoding, evaluate_truematch, load_world_bags
+    from vlm.caption import caption_records, score_predictions
+    from vlm.data import read_imagefolder
     from vlm.models import create_captioner
 
+    model = create_captioner(str(model_dir))
     tm = evaluate_truematch(load_world_bags(truematch_world), retriever,
-                            captioner=_ProtocolDecoding(create_captioner(str(model_dir)), num_beams=1), cache=cache,
-                            progress=progress)
+                            captioner=_ProtocolDecoding(model, num_beams=1), cache=cache, progress=progress)
     out: dict[str, Any] = {k: round(v, 4) for k, v in tm.metrics.items() if k.startswith("R@1/bag") and v is not None}
     out["bag_hits"] = {str(size): [round(float(x), 4) for x in h.float().mean(dim=1)]
                        for size, h in sorted(tm.scores.bag_hits.items())}
+    if caption_world is not None:
+        test = read_imagefolder(caption_world, check_images=False).filter_split("test")
+        preds = caption_records(model, test, num_beams=1, max_new_tokens=20, progress=progress, stop_at_period=True)
+        scores = score_predictions(preds, test)
+        out.update({k: scores[k] for k in ("CIDEr", "facts_per_caption", "hallucination_rate", "mean_length_words")})
     return out
 
 
@@ -467,7 +475,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         if greedy and "greedy" not in saved["scores"]:  # added to saved scores without scoring beam 5 again
             t = time.perf_counter()
             saved["scores"]["greedy"] = evaluate_greedy(model_dir, truematch_world=eval_world, retriever=retriever,
-                                                        cache=cache, progress=progress)
+                                                        caption_world=caption_world, cache=cache, progress=progress)
             saved["greedy_seconds"] = round(time.perf_counter() - t, 1)
             f = None
         if f != own:
@@ -539,7 +547,7 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
     greedy_table = {}
     if greedy:  # the diagnostic's R@1 and gaps on bags of 5; the acceptance above is the protocol's alone
         greedy_table = {name: {k: _mean_std([r["greedy"][k] for r in rows]) for k in rows[0]["greedy"]
-                               if k.startswith("R@1/bag")} for name, rows in scores.items()}
+                               if k != "bag_hits"} for name, rows in scores.items()}
         g5 = {k: v["R@1/bag5"][0] for k, v in greedy_table.items() if "R@1/bag5" in v}
         pairs = [("sr-bagcurri", "mle"), ("sr-bagcurri", "sr-random"), ("sr-random", "mle")]
         pairs += [(k, "mle") for k in ("mle-reference", "mle-vcb") if k in g5]
@@ -550,6 +558,13 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
                 hits = [[r["greedy"]["bag_hits"]["5"] for r in scores[k]] for k in (a, b)]
                 _, lo, hi = bag_difference_ci(*hits)
                 checks[f"{key}_R@1_bag5_ci95"] = [round(100 * lo, 2), round(100 * hi, 2)]
+        g_mle, g_curri = greedy_table["mle"], greedy_table["sr-bagcurri"]
+        if "hallucination_rate" in g_mle:  # the faithfulness limits, greedy against greedy
+            checks["greedy_hallucination_rise_points"] = round(
+                100 * (g_curri["hallucination_rate"][0] - g_mle["hallucination_rate"][0]), 2)
+            if g_mle["CIDEr"][0] > 0:
+                checks["greedy_cider_relative_change_pct"] = round(
+                    100 * (g_curri["CIDEr"][0] / g_mle["CIDEr"][0] - 1), 2)
     checks["pass"] = checks.pop("pass")  # last, after the other figures
     stages = (["mle-pretrain"] if pretrain_set else []) + ["mle"] + (["mle-reference"] if reference_set else []) + (
         ["mle-vcb"] if vcb is not None else []) + [p.parent.name for d in runs.values() for p in d]
@@ -728,17 +743,24 @@ def markdown_table(result: dict) -> str:
                  "with random distractors from it.")
     greedy = result.get("greedy") or {}
     if greedy:
-        cols = [c for c in next(iter(greedy.values())) if c.startswith("R@1/bag")]
-        text += ("\n\nR@1 (%) with greedy decoding (`--greedy`, a diagnostic; the table above and the checks use the "
+        cols = [c for c in ("R@1/bag3", "R@1/bag5", "R@1/bag7", "CIDEr", "hallucination_rate", "mean_length_words")
+                if c in next(iter(greedy.values()))]
+        text += ("\n\nWith greedy decoding (`--greedy`, a diagnostic; the table above and the checks use the "
                  "protocol's beam 5):\n\n| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
         for k, v in greedy.items():
-            text += f"\n| {_label(k, result)} | " + " | ".join(f"{100 * v[c][0]:.1f} ± {100 * v[c][1]:.1f}"
-                                                           for c in cols) + " |"
+            text += f"\n| {_label(k, result)} | " + " | ".join(
+                f"{100 * v[c][0]:.1f} ± {100 * v[c][1]:.1f}" if c.startswith("R@1") or c == "hallucination_rate"
+                else f"{v[c][0]:.3f} ± {v[c][1]:.3f}" if c == "CIDEr" else f"{v[c][0]:.1f} ± {v[c][1]:.1f}"
+                for c in cols) + " |"
         notes = [f"{NAMES.get(a, a)} over {NAMES.get(b, b)} {checks[key + '_R@1_bag5_points']:+.1f} (95 % CI "
                  f"{checks[key + '_R@1_bag5_ci95'][0]:+.1f} to {checks[key + '_R@1_bag5_ci95'][1]:+.1f})"
                  for a, b in (("sr-bagcurri", "mle"), ("sr-bagcurri", "sr-random"), ("sr-random", "mle"),
                               ("mle-reference", "mle"), ("mle-vcb", "mle"))
                  for key in [f"greedy_{a}_vs_{b}".replace("-", "_")] if key + "_R@1_bag5_points" in checks]
+        if "greedy_hallucination_rise_points" in checks:
+            notes.append(f"hallucination {checks['greedy_hallucination_rise_points']:+.1f} points and CIDEr-D "
+                         f"{checks.get('greedy_cider_relative_change_pct', float('nan')):+.1f} % for SR + BagCurri "
+                         "against MLE")
         if notes:
             text += "\n\nGreedy, bags of 5: " + "; ".join(notes) + "."
     by_edit = result.get("by_edit") or {}

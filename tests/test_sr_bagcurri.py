@@ -293,12 +293,16 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         assert g["table"] == result["table"] and g["checks"]["pass"] == result["checks"]["pass"]
         assert set(g["greedy"]) == {"mle", "sr-random", "sr-bagcurri"}
         direct = sb.evaluate_greedy(tmp_path / "out" / "mle" / "final", truematch_world=tmp_path / "out" /
-                                    "truematch-eval", retriever=PaletteRetriever())
+                                    "truematch-eval", retriever=PaletteRetriever(),
+                                    caption_world=tmp_path / "out" / "mle" / "world")
         assert g["greedy"]["mle"]["R@1/bag5"][0] == direct["R@1/bag5"]
+        assert g["greedy"]["mle"]["CIDEr"][0] == direct["CIDEr"] >= 0  # its greedy captions of the MLE test split
+        rise = g["greedy"]["sr-bagcurri"]["hallucination_rate"][0] - g["greedy"]["mle"]["hallucination_rate"][0]
+        assert g["checks"]["greedy_hallucination_rise_points"] == pytest.approx(100 * rise, abs=0.01)
         for a, b in (("sr_bagcurri", "mle"), ("sr_bagcurri", "sr_random"), ("sr_random", "mle")):
             pts, (lo, hi) = (g["checks"][f"greedy_{a}_vs_{b}_R@1_bag5_{k}"] for k in ("points", "ci95"))
             assert lo <= pts <= hi
-        assert "with greedy decoding" in (tmp_path / "out" / "sr_bagcurri.md").read_text()
+        assert "With greedy decoding (`--greedy`" in (tmp_path / "out" / "sr_bagcurri.md").read_text()
         saved_g = json.loads((tmp_path / "out" / "scores" / "mle.json").read_text())
         assert saved_g["scores"]["greedy"]["R@1/bag5"] == direct["R@1/bag5"] and saved_g["greedy_seconds"] > 0
         real_greedy, sb.evaluate_greedy = sb.evaluate_greedy, no_scoring
