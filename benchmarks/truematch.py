@@ -418,8 +418,8 @@ class EmbeddingCache:
     """Image embeddings on disk: one safetensors file per retriever, one entry per image file.
 
     The file is named by the retriever's ``name`` and ``fingerprint`` (weights and preprocessing, see
-    :class:`vlm.retrieval.Retriever`); an entry is keyed by the image's absolute path, size and modification
-    time, so an edited or replaced image is encoded again. Files are replaced atomically; an unreadable
+    :class:`vlm.retrieval.Retriever`); an entry is keyed by the image's real path (links resolved), size and
+    modification time, so an edited or replaced image is encoded again and a linked world shares the entries. Files are replaced atomically; an unreadable
     cache file is ignored (and rewritten), never trusted.
 
     Example:
