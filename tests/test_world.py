@@ -342,6 +342,30 @@ def test_brief_annotators_leave_each_detail_unsaid_more_often_than_not():
     assert all(not any(f[0] == "size" for f in caption_facts(it.captions[0])) for it in tm)
 
 
+@pytest.mark.parametrize("preset", ["captioning-brief", "captioning"])
+def test_varied_wording_states_the_same_facts_in_other_words(preset):
+    from vlm.world.facts import caption_facts, check_fact
+    from vlm.world.scene import BACKGROUND_PHRASES
+
+    fixed = list(iter_world(resolve_config(preset), 200, seed=2))
+    varied = list(iter_world(resolve_config(preset, wording="varied"), 200, seed=2))
+    changed = 0
+    for a, b in zip(fixed, varied, strict=True):
+        assert a.scene == b.scene and a.dense_caption == b.dense_caption  # what is drawn and said is the same
+        for ca, cb in zip(a.captions, b.captions, strict=True):
+            assert set(caption_facts(ca)) == set(caption_facts(cb)), (ca, cb)
+            assert all(check_fact(f, b.scene) for f in caption_facts(cb)), cb
+            changed += ca != cb
+    texts = [c for it in varied for c in it.captions]
+    assert changed > 0.3 * len(texts)
+    assert any(re.search(r"\b(circle|square|triangle|star|hexagon|diamond)s? in (red|blue|green)\b", c) for c in texts)
+    assert any(re.search(r"\b[2-6] ", c) for c in texts)
+    assert any(v in c for c in texts for v in ("at the beach", "on grass", "in the street", "on snow", "in the dark"))
+    assert not any(c in BACKGROUND_PHRASES.values() for c in texts)  # sanity: captions are sentences
+    with pytest.raises(ValueError, match="wording"):
+        resolve_config(preset, wording="poetic")
+
+
 def test_content_caption_states_exactly_the_chosen_content_and_nothing_false():
     from vlm.world import content_caption
     from vlm.world.facts import caption_facts, check_fact

@@ -10,6 +10,10 @@ The world's vocabulary is closed, so a caption can be parsed into atomic facts:
 - ``("background", name)``            on a beach
 - ``("relation", a, rel, b)``         the red circle is to the left of the woman
 
+The varied wording of :func:`vlm.world.language.vary_wording` reads the same: a colour after its noun ("two
+hexagons in orange"), digits for counts ("3 stars"), and every phrase of
+:data:`~vlm.world.scene.BACKGROUND_VARIANTS` for the setting.
+
 A fact is *supported* when the scene makes it true. Captions of any captioner can be scored this way:
 how many facts they state (detail) and what fraction is unsupported (hallucination).
 
@@ -26,26 +30,27 @@ from __future__ import annotations
 
 import re
 
-from vlm.world.scene import (BACKGROUND_PHRASES, COLORS, COUNT_WORDS, FINE_CLASSES, PLURALS, SHAPES, Scene, Thing,
-                             relation)
+from vlm.world.scene import (BACKGROUND_VARIANTS, COLORS, COUNT_WORDS, FINE_CLASSES, PLURALS, SHAPES, Scene,
+                             Thing, relation)
 
 _SINGULAR = {p: s for s, p in PLURALS.items()}
 _NOUNS = sorted(set(SHAPES) | {"man", "woman", "boy", "girl"} | set(FINE_CLASSES) | {"badge"}
                 | set(PLURALS.values()), key=len, reverse=True)
 _COLOR = "|".join(COLORS)
 _SIZE = "small|medium-sized|medium|large"
-_NUM = "|".join(COUNT_WORDS[1:7]) + "|an|a|some|several|a few|a group of"
+_NUM = "|".join(COUNT_WORDS[1:7]) + "|[1-6]|an|a|some|several|a few|a group of"
 _NOUN = "|".join(re.escape(n) for n in _NOUNS)
 _PHRASE = re.compile(
     rf"\b(?:(?P<num>{_NUM})\s+)?(?:(?P<size>{_SIZE})\s+)?(?:(?P<color>{_COLOR})\s+)?(?P<noun>{_NOUN})\b"
-    rf"(?:\s+in\s+(?:an?\s+)?(?P<garment_color>{_COLOR})\s+(?:dress|dresses|shirt|shirts))?")
+    rf"(?:\s+in\s+(?:an?\s+)?(?P<garment_color>{_COLOR})\s+(?:dress|dresses|shirt|shirts)"
+    rf"|\s+in\s+(?P<post_color>{_COLOR})\b)?")  # "a hexagon in orange": a varied wording's colour after its noun
 _REF = rf"(?:(?:{_SIZE})\s+)?(?:(?:{_COLOR})\s+)?(?:{_NOUN})(?:\s+in\s+the\s+(?:{_COLOR})\s+(?:dress|shirt))?"
 _REL = re.compile(
     rf"\bthe\s+(?P<a>{_REF})\s+is\s+(?:to\s+the\s+)?(?P<rel>left of|right of|above|below)\s+the\s+(?P<b>{_REF})")
 _REF_PARTS = re.compile(
     rf"(?:(?P<size>{_SIZE})\s+)?(?:(?P<color>{_COLOR})\s+)?(?P<noun>{_NOUN})"
     rf"(?:\s+in\s+the\s+(?P<garment_color>{_COLOR})\s+(?:dress|shirt))?")
-_BG = {phrase.split(" ", 1)[1] if " " in phrase else phrase: bg for bg, phrase in BACKGROUND_PHRASES.items()}
+_BG = {phrase.split(" ", 1)[1]: bg for bg, phrases in BACKGROUND_VARIANTS.items() for phrase in phrases}
 
 
 def _size(word: str | None) -> str | None:
@@ -73,15 +78,17 @@ def caption_facts(caption: str) -> list[tuple]:
             continue  # "the red circle" inside a relation refers back; it states nothing new
         noun = _noun_of(m.group("noun"))
         facts.append(("thing", noun))
-        color = m.group("color") or m.group("garment_color")
+        color = m.group("color") or m.group("garment_color") or m.group("post_color")
         if color:
             facts.append(("color", noun, color))
         if m.group("size"):
             facts.append(("size", noun, _size(m.group("size"))))
         num = m.group("num")
-        qual = m.group("color")  # a garment colour ("a woman in a red dress") does not qualify the count
-        if num in COUNT_WORDS[1:7]:
-            facts.append(("count", noun, COUNT_WORDS.index(num), qual, _size(m.group("size"))))
+        # a garment colour ("a woman in a red dress") does not qualify the count; a colour after the noun does
+        qual = m.group("color") or m.group("post_color")
+        if num in COUNT_WORDS[1:7] or (num or "").isdigit():
+            k = int(num) if num.isdigit() else COUNT_WORDS.index(num)
+            facts.append(("count", noun, k, qual, _size(m.group("size"))))
         elif num in ("a", "an") and m.group("noun") == noun:
             facts.append(("count", noun, 1, qual, _size(m.group("size"))))
     for phrase, bg in _BG.items():

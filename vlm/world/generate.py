@@ -25,7 +25,7 @@ import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from vlm.world.language import (BRIEF_CAPTION_LEVELS, CAPTION_LEVELS, DEFAULT_CAPTION_LEVELS, dense_caption,
+from vlm.world.language import (BRIEF_CAPTION_LEVELS, CAPTION_LEVELS, DEFAULT_CAPTION_LEVELS, WORDINGS, dense_caption,
                                 fine_grained_captions, human_captions, questions)
 from vlm.world.render import render
 from vlm.world.scene import (BACKGROUNDS, COLORS, FINE_CLASSES, GENDERS, MAX_COUNT, SHAPES, SIZES, Scene,
@@ -92,6 +92,9 @@ class WorldConfig:
     caption_levels: tuple[str, ...] = DEFAULT_CAPTION_LEVELS
     """Detail level of each annotator's caption ("brief", "terse", "medium" or "detailed"), cycled over
     ``n_captions``."""
+    wording: str = "fixed"
+    """How annotators word the details they state: "fixed" (one way each) or "varied" (a colour after its noun,
+    digits, other phrases for the setting; :func:`vlm.world.language.vary_wording`)."""
     n_questions: int = 0
     """Question/answer pairs per image (field ``qa``)."""
     bag_sizes: tuple[int, ...] = ()
@@ -114,6 +117,8 @@ class WorldConfig:
         if not self.caption_levels or not set(self.caption_levels) <= set(CAPTION_LEVELS):
             raise ValueError(f"WorldConfig.caption_levels must be a non-empty tuple of {CAPTION_LEVELS}, got "
                              f"{self.caption_levels}")
+        if self.wording not in WORDINGS:
+            raise ValueError(f"WorldConfig.wording must be one of {WORDINGS}, got {self.wording!r}")
         for b in self.bag_sizes:
             if b < 2:
                 raise ValueError(f"WorldConfig.bag_sizes must be >= 2, got {b}")
@@ -139,6 +144,12 @@ PRESETS: dict[str, WorldConfig] = {
 # The truematch scenes with the brief annotators' captions: the SR training world of a brief captioner.
 PRESETS["truematch-brief"] = replace(PRESETS["truematch"], preset="truematch-brief",
                                      caption_levels=BRIEF_CAPTION_LEVELS)
+# The brief annotators, each detail worded in several ways (as COCO's are): a length-normalised beam search over a
+# captioner trained on them strings their details together less (docs/sr-experiments.md).
+PRESETS["captioning-brief-varied"] = replace(PRESETS["captioning-brief"], preset="captioning-brief-varied",
+                                             wording="varied")
+PRESETS["truematch-brief-varied"] = replace(PRESETS["truematch-brief"], preset="truematch-brief-varied",
+                                            wording="varied")
 
 
 def _count(rng: random.Random) -> int:
@@ -408,7 +419,8 @@ class WorldItem:
 def _describe(scene: Scene, rng: random.Random, cfg: WorldConfig) -> tuple[list[str], str]:
     if cfg.fine_grained:
         return fine_grained_captions(scene, rng, cfg.n_captions), dense_caption(scene)
-    return human_captions(scene, rng, cfg.n_captions, levels=cfg.caption_levels), dense_caption(scene)
+    return (human_captions(scene, rng, cfg.n_captions, levels=cfg.caption_levels, wording=cfg.wording),
+            dense_caption(scene))
 
 
 def iter_world(cfg: WorldConfig, n: int, seed: int):

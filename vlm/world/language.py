@@ -15,10 +15,12 @@ is correct, so skill words in captions can be trusted by TIDA and by the skill-s
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from typing import Sequence
 
-from vlm.world.scene import BACKGROUND_PHRASES, COUNT_WORDS, FINE_CLASSES, PLURALS, Scene, Thing, relation
+from vlm.world.scene import (BACKGROUND_PHRASES, BACKGROUND_VARIANTS, COLORS, COUNT_WORDS, FINE_CLASSES, PLURALS,
+                             Scene, Thing, relation)
 
 VOWELS = "aeiou"
 
@@ -220,9 +222,45 @@ def human_caption(scene: Scene, rng: random.Random, detail: str) -> str:
     return text
 
 
+#: How annotators word the details they state: ``fixed`` (one way each, the presets' default) or ``varied``
+#: (:func:`vary_wording`).
+WORDINGS = ("fixed", "varied")
+_NOUN_WORDS = "|".join(sorted(set(PLURALS) | set(PLURALS.values()), key=len, reverse=True))
+_COLOR_NOUN = re.compile(rf"\b({'|'.join(COLORS)}) ({_NOUN_WORDS})\b")
+_COUNT_WORD = re.compile(rf"\b({'|'.join(COUNT_WORDS[2:7])})\b")
+_ARTICLE = re.compile(r"\b([Aa]n?) (\w)")
+
+
+def vary_wording(caption: str, rng: random.Random) -> str:
+    """A world caption as annotators who word each detail in several ways would write it: a colour after its noun
+    half the time ("a hexagon in orange"), an exact count above one as a digit half the time ("3 stars"), and the
+    setting in one of its :data:`~vlm.world.scene.BACKGROUND_VARIANTS`. The facts it states are the caption's
+    (:func:`vlm.world.facts.caption_facts` reads both the same). With details worded one way, a length-normalised
+    beam search strings together what each annotator states now and then; worded several ways, it does so less
+    (docs/sr-experiments.md).
+
+    Example:
+        >>> vary_wording("A picture of two orange hexagons and a pink diamond on a beach.", random.Random(5))
+        'A picture of 2 hexagons in orange and a diamond in pink on the sand.'
+    """
+    text, sep, relations = caption.partition(". ")  # a relation sentence keeps its definite references as they are
+    text = _COLOR_NOUN.sub(lambda m: m.group(0) if rng.random() < 0.5 else f"{m.group(2)} in {m.group(1)}", text)
+    text = _COUNT_WORD.sub(lambda m: m.group(1) if rng.random() < 0.5 else str(COUNT_WORDS.index(m.group(1))), text)
+    for bg, phrase in BACKGROUND_PHRASES.items():
+        if phrase in text:
+            text = text.replace(phrase, rng.choice(BACKGROUND_VARIANTS[bg]))
+    text = _ARTICLE.sub(lambda m: (m.group(1)[0] + ("n" if m.group(2).lower() in VOWELS else "")) + " " + m.group(2),
+                        text)
+    return capitalise(text) + sep + relations
+
+
 def human_captions(scene: Scene, rng: random.Random, n: int = 5,
-                   levels: Sequence[str] = DEFAULT_CAPTION_LEVELS) -> list[str]:
-    """``n`` varied captions, distinct where the scene allows it; caption ``k`` has detail ``levels[k % len]``."""
+                   levels: Sequence[str] = DEFAULT_CAPTION_LEVELS, wording: str = "fixed") -> list[str]:
+    """``n`` varied captions, distinct where the scene allows it; caption ``k`` has detail ``levels[k % len]``;
+    ``wording="varied"`` rewords them (:func:`vary_wording`, with its own generator, so the choices of what to say
+    are the fixed wording's)."""
+    if wording not in WORDINGS:
+        raise ValueError(f"wording must be one of {WORDINGS}, got {wording!r}")
     out: list[str] = []
     for k in range(n):
         level = levels[k % len(levels)]
@@ -232,6 +270,9 @@ def human_captions(scene: Scene, rng: random.Random, n: int = 5,
                 break
             cap = human_caption(scene, rng, level)
         out.append(cap)
+    if wording == "varied":
+        wrng = random.Random(rng.getrandbits(64))
+        out = [vary_wording(c, wrng) for c in out]
     return out
 
 

@@ -39,6 +39,11 @@ SIZES: dict[str, float] = {"small": 0.055, "medium": 0.08, "large": 0.11}
 BACKGROUNDS = ("grass", "beach", "street", "kitchen", "snow", "night")
 BACKGROUND_PHRASES = {"grass": "on the grass", "beach": "on a beach", "street": "on a street",
                       "kitchen": "in a kitchen", "snow": "in the snow", "night": "at night"}
+# Other ways annotators name each setting (``wording="varied"`` worlds); the first is BACKGROUND_PHRASES'.
+BACKGROUND_VARIANTS: dict[str, tuple[str, ...]] = {
+    "grass": ("on the grass", "on grass", "on a lawn"), "beach": ("on a beach", "at the beach", "on the sand"),
+    "street": ("on a street", "in the street", "on a road"), "kitchen": ("in a kitchen", "in the kitchen"),
+    "snow": ("in the snow", "on snow", "in snow"), "night": ("at night", "in the night", "in the dark")}
 
 GENDERS = ("man", "woman")
 # A small person pictogram is a child: this gives TIDA's gender list its boy/girl words too.
