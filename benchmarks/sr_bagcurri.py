@@ -72,15 +72,20 @@ def evaluate_captioner(model_dir: Path, *, truematch_world: Path, caption_world:
     model = create_captioner(str(model_dir))
     tm = evaluate_truematch(load_world_bags(truematch_world), retriever, captioner=_ProtocolDecoding(model),
                             cache=cache, progress=progress)
-    out: dict[str, Any] = {k: round(v, 4) for k, v in tm.metrics.items()
-                           if k.startswith("R@1/bag") and v is not None}
+    out = _bag_recall(tm)
     test = read_imagefolder(caption_world, check_images=False).filter_split("test")
     preds = caption_records(model, test, num_beams=5, max_new_tokens=20, progress=progress, stop_at_period=True)
     scores = score_predictions(preds, test, by_kind=True)  # by_kind: which kinds of fact are stated, and wrong
     out.update({k: scores[k] for k in ("CIDEr", "Bleu_4", "facts_per_caption", "hallucination_rate",
                                        "mean_length_words", "vocabulary", "facts_by_kind", "hallucination_by_kind")})
     out["by_edit"] = {k: round(v["R@1"], 4) for k, v in tm.by_edit().items()}
-    # per bag, the share of its members that hit: what the confidence intervals of the differences resample
+    return out
+
+
+def _bag_recall(tm: Any) -> dict[str, Any]:
+    """R@1 per bag size of a TrueMatch result, and per bag the share of its members that hit (``bag_hits``: what
+    the confidence intervals of the differences resample)."""
+    out: dict[str, Any] = {k: round(v, 4) for k, v in tm.metrics.items() if k.startswith("R@1/bag") and v is not None}
     out["bag_hits"] = {str(size): [round(float(x), 4) for x in h.float().mean(dim=1)]
                        for size, h in sorted(tm.scores.bag_hits.items())}
     return out
@@ -99,9 +104,7 @@ def evaluate_greedy(model_dir: Path, *, truematch_world: Path, retriever: Any, c
     model = create_captioner(str(model_dir))
     tm = evaluate_truematch(load_world_bags(truematch_world), retriever,
                             captioner=_ProtocolDecoding(model, num_beams=1), cache=cache, progress=progress)
-    out: dict[str, Any] = {k: round(v, 4) for k, v in tm.metrics.items() if k.startswith("R@1/bag") and v is not None}
-    out["bag_hits"] = {str(size): [round(float(x), 4) for x in h.float().mean(dim=1)]
-                       for size, h in sorted(tm.scores.bag_hits.items())}
+    out = _bag_recall(tm)
     if caption_world is not None:
         test = read_imagefolder(caption_world, check_images=False).filter_split("test")
         preds = caption_records(model, test, num_beams=1, max_new_tokens=20, progress=progress, stop_at_period=True)
@@ -461,24 +464,25 @@ def run(out: Path, seeds: list[int], *, mle_config: str | Path = CONFIGS / "mle-
         name = model_dir.parent.name
         key = score_key(model_dir, context)
         own = out / "scores" / f"{name}.json"
+        saved, write = None, True  # write: own's file does not hold what is returned yet
         for f in (own, *((Path(reuse_from) / "scores" / f"{name}.json",) if reuse_from is not None else ())):
             if f.is_file():
-                saved = read_json(f, "saved captioner scores", fix="delete it to score the captioner again")
-                if isinstance(saved, dict) and saved.get("key") == key:
+                found = read_json(f, "saved captioner scores", fix="delete it to score the captioner again")
+                if isinstance(found, dict) and found.get("key") == key:
+                    saved, write = found, f != own
                     break
-        else:
+        if saved is None:
             t = time.perf_counter()
             result = evaluate_captioner(model_dir, truematch_world=eval_world, caption_world=caption_world,
                                         retriever=retriever, cache=cache, progress=progress)
             saved = {"key": key, "seconds": round(time.perf_counter() - t, 1), "scores": result}
-            f = None
         if greedy and "greedy" not in saved["scores"]:  # added to saved scores without scoring beam 5 again
             t = time.perf_counter()
             saved["scores"]["greedy"] = evaluate_greedy(model_dir, truematch_world=eval_world, retriever=retriever,
                                                         caption_world=caption_world, cache=cache, progress=progress)
             saved["greedy_seconds"] = round(time.perf_counter() - t, 1)
-            f = None
-        if f != own:
+            write = True
+        if write:
             atomic_write_text(own, json.dumps(saved) + "\n")
         score_seconds.append(saved["seconds"] + saved.get("greedy_seconds", 0.0))
         return saved["scores"]

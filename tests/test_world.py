@@ -345,7 +345,6 @@ def test_brief_annotators_leave_each_detail_unsaid_more_often_than_not():
 @pytest.mark.parametrize("preset", ["captioning-brief", "captioning"])
 def test_varied_wording_states_the_same_facts_in_other_words(preset):
     from vlm.world.facts import caption_facts, check_fact
-    from vlm.world.scene import BACKGROUND_PHRASES
 
     fixed = list(iter_world(resolve_config(preset), 200, seed=2))
     varied = list(iter_world(resolve_config(preset, wording="varied"), 200, seed=2))
@@ -361,7 +360,6 @@ def test_varied_wording_states_the_same_facts_in_other_words(preset):
     assert any(re.search(r"\b(circle|square|triangle|star|hexagon|diamond)s? in (red|blue|green)\b", c) for c in texts)
     assert any(re.search(r"\b[2-6] ", c) for c in texts)
     assert any(v in c for c in texts for v in ("at the beach", "on grass", "in the street", "on snow", "in the dark"))
-    assert not any(c in BACKGROUND_PHRASES.values() for c in texts)  # sanity: captions are sentences
     with pytest.raises(ValueError, match="wording"):
         resolve_config(preset, wording="poetic")
 

@@ -228,7 +228,7 @@ WORDINGS = ("fixed", "varied")
 _NOUN_WORDS = "|".join(sorted(set(PLURALS) | set(PLURALS.values()), key=len, reverse=True))
 _COLOR_NOUN = re.compile(rf"\b({'|'.join(COLORS)}) ({_NOUN_WORDS})\b")
 _COUNT_WORD = re.compile(rf"\b({'|'.join(COUNT_WORDS[2:7])})\b")
-_ARTICLE = re.compile(r"\b([Aa]n?) (\w)")
+_ARTICLE = re.compile(r"\b([Aa]n?) (\w+)")
 
 
 def vary_wording(caption: str, rng: random.Random) -> str:
@@ -249,8 +249,7 @@ def vary_wording(caption: str, rng: random.Random) -> str:
     for bg, phrase in BACKGROUND_PHRASES.items():
         if phrase in text:
             text = text.replace(phrase, rng.choice(BACKGROUND_VARIANTS[bg]))
-    text = _ARTICLE.sub(lambda m: (m.group(1)[0] + ("n" if m.group(2).lower() in VOWELS else "")) + " " + m.group(2),
-                        text)
+    text = _ARTICLE.sub(lambda m: article(m.group(2)).replace("a", m.group(1)[0], 1) + " " + m.group(2), text)
     return capitalise(text) + sep + relations
 
 

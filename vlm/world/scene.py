@@ -37,13 +37,12 @@ SIZES: dict[str, float] = {"small": 0.055, "medium": 0.08, "large": 0.11}
 
 # Backgrounds are the "context" of TIDA: captioners learn who/what appears where.
 BACKGROUNDS = ("grass", "beach", "street", "kitchen", "snow", "night")
-BACKGROUND_PHRASES = {"grass": "on the grass", "beach": "on a beach", "street": "on a street",
-                      "kitchen": "in a kitchen", "snow": "in the snow", "night": "at night"}
-# Other ways annotators name each setting (``wording="varied"`` worlds); the first is BACKGROUND_PHRASES'.
+# The ways annotators name each setting: the first always, the others too in ``wording="varied"`` worlds.
 BACKGROUND_VARIANTS: dict[str, tuple[str, ...]] = {
     "grass": ("on the grass", "on grass", "on a lawn"), "beach": ("on a beach", "at the beach", "on the sand"),
     "street": ("on a street", "in the street", "on a road"), "kitchen": ("in a kitchen", "in the kitchen"),
     "snow": ("in the snow", "on snow", "in snow"), "night": ("at night", "in the night", "in the dark")}
+BACKGROUND_PHRASES = {bg: phrases[0] for bg, phrases in BACKGROUND_VARIANTS.items()}
 
 GENDERS = ("man", "woman")
 # A small person pictogram is a child: this gives TIDA's gender list its boy/girl words too.
