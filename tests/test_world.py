@@ -11,6 +11,7 @@ from vlm.world import (BACKGROUNDS, COLORS, COUNT_WORDS, FINE_CLASSES, PRESETS, 
                        Thing, dense_caption, edit_scene, generate_world, iter_world, render, resolve_config,
                        sample_bag)
 from vlm.world.language import groups
+from vlm.world.scene import SYNONYMS
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -342,12 +343,13 @@ def test_brief_annotators_leave_each_detail_unsaid_more_often_than_not():
     assert all(not any(f[0] == "size" for f in caption_facts(it.captions[0])) for it in tm)
 
 
-@pytest.mark.parametrize("preset", ["captioning-brief", "captioning"])
-def test_varied_wording_states_the_same_facts_in_other_words(preset):
+@pytest.mark.parametrize("preset,wording", [("captioning-brief", "varied"), ("captioning", "varied"),
+                                            ("captioning-brief", "synonyms"), ("captioning", "synonyms")])
+def test_varied_wording_states_the_same_facts_in_other_words(preset, wording):
     from vlm.world.facts import caption_facts, check_fact
 
     fixed = list(iter_world(resolve_config(preset), 200, seed=2))
-    varied = list(iter_world(resolve_config(preset, wording="varied"), 200, seed=2))
+    varied = list(iter_world(resolve_config(preset, wording=wording), 200, seed=2))
     changed = 0
     for a, b in zip(fixed, varied, strict=True):
         assert a.scene == b.scene and a.dense_caption == b.dense_caption  # what is drawn and said is the same
@@ -360,6 +362,13 @@ def test_varied_wording_states_the_same_facts_in_other_words(preset):
     assert any(re.search(r"\b(circle|square|triangle|star|hexagon|diamond)s? in (red|blue|green)\b", c) for c in texts)
     assert any(re.search(r"\b[2-6] ", c) for c in texts)
     assert any(v in c for c in texts for v in ("at the beach", "on grass", "in the street", "on snow", "in the dark"))
+    alternatives = {alt for alts in SYNONYMS.values() for alt in alts}
+    used = {w for c in texts for w in re.findall(r"[a-z-]+", c.lower())} & alternatives
+    if wording == "synonyms":  # every size, colour and person word occurs; a size only where the annotators say one
+        assert used >= alternatives - ({"little", "tiny", "big", "mid-sized"} if preset.endswith("brief") else set())
+        assert any("a pair of" in c.lower() for c in texts)
+    else:
+        assert not used
     with pytest.raises(ValueError, match="wording"):
         resolve_config(preset, wording="poetic")
 

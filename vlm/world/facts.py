@@ -10,9 +10,10 @@ The world's vocabulary is closed, so a caption can be parsed into atomic facts:
 - ``("background", name)``            on a beach
 - ``("relation", a, rel, b)``         the red circle is to the left of the woman
 
-The varied wording of :func:`vlm.world.language.vary_wording` reads the same: a colour after its noun ("two
-hexagons in orange"), digits for counts ("3 stars"), and every phrase of
-:data:`~vlm.world.scene.BACKGROUND_VARIANTS` for the setting.
+The varied wordings of :func:`vlm.world.language.vary_wording` read the same: a colour after its noun ("two
+hexagons in orange"), digits for counts ("3 stars"), every phrase of :data:`~vlm.world.scene.BACKGROUND_VARIANTS`
+for the setting, each word of :data:`~vlm.world.scene.SYNONYMS` as the word it stands for ("a tiny crimson disc"
+is "a small red circle") and "a pair of" as "two".
 
 A fact is *supported* when the scene makes it true. Captions of any captioner can be scored this way:
 how many facts they state (detail) and what fraction is unsupported (hallucination).
@@ -30,8 +31,8 @@ from __future__ import annotations
 
 import re
 
-from vlm.world.scene import (BACKGROUND_VARIANTS, COLORS, COUNT_WORDS, FINE_CLASSES, PLURALS, SHAPES, Scene,
-                             Thing, relation)
+from vlm.world.scene import (BACKGROUND_VARIANTS, COLORS, COUNT_WORDS, FINE_CLASSES, PLURALS, SHAPES, SYNONYMS,
+                             Scene, Thing, relation)
 
 _SINGULAR = {p: s for s, p in PLURALS.items()}
 _NOUNS = sorted(set(SHAPES) | {"man", "woman", "boy", "girl"} | set(FINE_CLASSES) | {"badge"}
@@ -51,6 +52,8 @@ _REF_PARTS = re.compile(
     rf"(?:(?P<size>{_SIZE})\s+)?(?:(?P<color>{_COLOR})\s+)?(?P<noun>{_NOUN})"
     rf"(?:\s+in\s+the\s+(?P<garment_color>{_COLOR})\s+(?:dress|shirt))?")
 _BG = {phrase.split(" ", 1)[1]: bg for bg, phrases in BACKGROUND_VARIANTS.items() for phrase in phrases}
+_CANON = {alt: word for word, alts in SYNONYMS.items() for alt in alts} | {"a pair of": "two"}
+_ALT = re.compile(rf"\b(?:{'|'.join(re.escape(a) for a in sorted(_CANON, key=len, reverse=True))})\b")
 
 
 def _size(word: str | None) -> str | None:
@@ -67,7 +70,7 @@ def _kind_matches(t: Thing, noun: str) -> bool:
 
 def caption_facts(caption: str) -> list[tuple]:
     """The atomic facts a caption states, in reading order, without duplicates."""
-    text = caption.lower()
+    text = _ALT.sub(lambda m: _CANON[m.group(0)], caption.lower())
     facts: list[tuple] = []
     rel_spans = []
     for m in _REL.finditer(text):

@@ -93,8 +93,9 @@ class WorldConfig:
     """Detail level of each annotator's caption ("brief", "terse", "medium" or "detailed"), cycled over
     ``n_captions``."""
     wording: str = "fixed"
-    """How annotators word the details they state: "fixed" (one way each) or "varied" (a colour after its noun,
-    digits, other phrases for the setting; :func:`vlm.world.language.vary_wording`)."""
+    """How annotators word the details they state: "fixed" (one way each), "varied" (a colour after its noun,
+    digits, other phrases for the setting; :func:`vlm.world.language.vary_wording`) or "synonyms" (varied, and
+    other words for sizes, some shapes, colours and people: :data:`vlm.world.scene.SYNONYMS`)."""
     n_questions: int = 0
     """Question/answer pairs per image (field ``qa``)."""
     bag_sizes: tuple[int, ...] = ()
@@ -150,6 +151,11 @@ PRESETS["captioning-brief-varied"] = replace(PRESETS["captioning-brief"], preset
                                              wording="varied")
 PRESETS["truematch-brief-varied"] = replace(PRESETS["truematch-brief"], preset="truematch-brief-varied",
                                             wording="varied")
+# Varied, and other words for sizes, some shapes, colours and people; with the default annotators too, so that a
+# captioner pretrained on them (and its tokenizer) knows every word the brief ones use.
+for _name in ("captioning", "captioning-brief", "truematch-brief"):
+    PRESETS[f"{_name}-synonyms"] = replace(PRESETS[_name], preset=f"{_name}-synonyms", wording="synonyms")
+del _name
 
 
 def _count(rng: random.Random) -> int:

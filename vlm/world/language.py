@@ -20,7 +20,7 @@ from collections import Counter
 from typing import Sequence
 
 from vlm.world.scene import (BACKGROUND_PHRASES, BACKGROUND_VARIANTS, COLORS, COUNT_WORDS, FINE_CLASSES, PLURALS,
-                             Scene, Thing, relation)
+                             SYNONYMS, Scene, Thing, relation)
 
 VOWELS = "aeiou"
 
@@ -222,33 +222,44 @@ def human_caption(scene: Scene, rng: random.Random, detail: str) -> str:
     return text
 
 
-#: How annotators word the details they state: ``fixed`` (one way each, the presets' default) or ``varied``
-#: (:func:`vary_wording`).
-WORDINGS = ("fixed", "varied")
+#: How annotators word the details they state: ``fixed`` (one way each, the presets' default), ``varied``
+#: (:func:`vary_wording`) or ``synonyms`` (varied, and other words for sizes, some shapes, colours and people).
+WORDINGS = ("fixed", "varied", "synonyms")
 _NOUN_WORDS = "|".join(sorted(set(PLURALS) | set(PLURALS.values()), key=len, reverse=True))
 _COLOR_NOUN = re.compile(rf"\b({'|'.join(COLORS)}) ({_NOUN_WORDS})\b")
 _COUNT_WORD = re.compile(rf"\b({'|'.join(COUNT_WORDS[2:7])})\b")
 _ARTICLE = re.compile(r"\b([Aa]n?) (\w+)")
+_SYNONYM = re.compile(rf"\b({'|'.join(sorted(SYNONYMS, key=len, reverse=True))})\b")
+_TWO = re.compile(r"\btwo\b")
 
 
-def vary_wording(caption: str, rng: random.Random) -> str:
+def vary_wording(caption: str, rng: random.Random, *, synonyms: bool = False) -> str:
     """A world caption as annotators who word each detail in several ways would write it: a colour after its noun
     half the time ("a hexagon in orange"), an exact count above one as a digit half the time ("3 stars"), and the
-    setting in one of its :data:`~vlm.world.scene.BACKGROUND_VARIANTS`. The facts it states are the caption's
-    (:func:`vlm.world.facts.caption_facts` reads both the same). With details worded one way, a length-normalised
-    beam search strings together what each annotator states now and then; worded several ways, it does so less
-    (docs/sr-experiments.md).
+    setting in one of its :data:`~vlm.world.scene.BACKGROUND_VARIANTS`. ``synonyms=True`` also words each
+    size, colour, shape or person that has :data:`~vlm.world.scene.SYNONYMS` by one of its words at random
+    ("a tiny crimson disc"), and an exact "two" as "a pair of" a third of the time. The facts it states are the
+    caption's (:func:`vlm.world.facts.caption_facts` reads every wording the same). With details worded one way, a
+    length-normalised beam search strings together what each annotator states now and then; worded several ways,
+    it does so less (docs/sr-experiments.md).
 
     Example:
         >>> vary_wording("A picture of two orange hexagons and a pink diamond on a beach.", random.Random(5))
         'A picture of 2 hexagons in orange and a diamond in pink on the sand.'
+        >>> vary_wording("Two small red circles and a woman on a beach.", random.Random(0), synonyms=True)
+        'Two tiny discs in crimson and a lady at the beach.'
     """
     text, sep, relations = caption.partition(". ")  # a relation sentence keeps its definite references as they are
     text = _COLOR_NOUN.sub(lambda m: m.group(0) if rng.random() < 0.5 else f"{m.group(2)} in {m.group(1)}", text)
+    if synonyms:
+        text = text[:1].lower() + text[1:]  # "Two stars." too
+        text = _TWO.sub(lambda m: "a pair of" if rng.random() < 1 / 3 else "two", text)
     text = _COUNT_WORD.sub(lambda m: m.group(1) if rng.random() < 0.5 else str(COUNT_WORDS.index(m.group(1))), text)
     for bg, phrase in BACKGROUND_PHRASES.items():
         if phrase in text:
             text = text.replace(phrase, rng.choice(BACKGROUND_VARIANTS[bg]))
+    if synonyms:
+        text = _SYNONYM.sub(lambda m: rng.choice((m.group(1),) + SYNONYMS[m.group(1)]), text)
     text = _ARTICLE.sub(lambda m: article(m.group(2)).replace("a", m.group(1)[0], 1) + " " + m.group(2), text)
     return capitalise(text) + sep + relations
 
@@ -269,9 +280,9 @@ def human_captions(scene: Scene, rng: random.Random, n: int = 5,
                 break
             cap = human_caption(scene, rng, level)
         out.append(cap)
-    if wording == "varied":
+    if wording != "fixed":
         wrng = random.Random(rng.getrandbits(64))
-        out = [vary_wording(c, wrng) for c in out]
+        out = [vary_wording(c, wrng, synonyms=wording == "synonyms") for c in out]
     return out
 
 

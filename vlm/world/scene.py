@@ -43,6 +43,14 @@ BACKGROUND_VARIANTS: dict[str, tuple[str, ...]] = {
     "street": ("on a street", "in the street", "on a road"), "kitchen": ("in a kitchen", "in the kitchen"),
     "snow": ("in the snow", "on snow", "in snow"), "night": ("at night", "in the night", "in the dark")}
 BACKGROUND_PHRASES = {bg: phrases[0] for bg, phrases in BACKGROUND_VARIANTS.items()}
+# Other words annotators use for some of the world's words, in ``wording="synonyms"`` worlds: each alternative in
+# the form of the word it stands for (a plural for a plural); the fact reader reads each as that word.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "small": ("little", "tiny"), "large": ("big",), "medium-sized": ("mid-sized",),
+    "circle": ("disc",), "circles": ("discs",), "diamond": ("rhombus",), "diamonds": ("rhombuses",),
+    "red": ("crimson",), "yellow": ("golden",), "purple": ("violet",), "orange": ("amber",),
+    "woman": ("lady",), "women": ("ladies",), "man": ("guy",), "men": ("guys",),
+}
 
 GENDERS = ("man", "woman")
 # A small person pictogram is a child: this gives TIDA's gender list its boy/girl words too.
