@@ -299,6 +299,8 @@ def test_the_whole_comparison_runs_end_to_end_and_reuses_its_stages(tmp_path):
         assert g["greedy"]["mle"]["CIDEr"][0] == direct["CIDEr"] >= 0  # its greedy captions of the MLE test split
         rise = g["greedy"]["sr-bagcurri"]["hallucination_rate"][0] - g["greedy"]["mle"]["hallucination_rate"][0]
         assert g["checks"]["greedy_hallucination_rise_points"] == pytest.approx(100 * rise, abs=0.01)
+        lift = g["table"]["mle"]["R@1/bag5"][0] - direct["R@1/bag5"]  # beam 5 over greedy, the premise's check
+        assert g["checks"]["mle_beam_over_greedy_R@1_bag5_points"] == pytest.approx(100 * lift, abs=0.01)
         for a, b in (("sr_bagcurri", "mle"), ("sr_bagcurri", "sr_random"), ("sr_random", "mle")):
             pts, (lo, hi) = (g["checks"][f"greedy_{a}_vs_{b}_R@1_bag5_{k}"] for k in ("points", "ci95"))
             assert lo <= pts <= hi
