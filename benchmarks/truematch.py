@@ -417,7 +417,8 @@ def generate_captions(captioner: Any, data: TrueMatchData, *, batch_size: int = 
 class EmbeddingCache:
     """Image embeddings on disk: one safetensors file per retriever, one entry per image file.
 
-    The file is named by the retriever's ``name`` and ``fingerprint`` (weights and preprocessing, see
+    The file is named by the retriever's ``name`` (its ``image_cache_name`` where it has one:
+    :func:`vlm.retrieval.image_cache_name`) and ``fingerprint`` (weights and preprocessing, see
     :class:`vlm.retrieval.Retriever`); an entry is keyed by the image's real path (links resolved), size and
     modification time, so an edited or replaced image is encoded again and a linked world shares the entries. Files are replaced atomically; an unreadable
     cache file is ignored (and rewritten), never trusted.
@@ -436,8 +437,11 @@ class EmbeddingCache:
         self.root = Path(root)
 
     def path_for(self, retriever: Retriever) -> Path:
-        key = f"{retriever.name}|{getattr(retriever, 'fingerprint', '')}"
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", retriever.name)[:60]
+        from vlm.retrieval import image_cache_name
+
+        name = image_cache_name(retriever)  # a wrapper reading texts otherwise shares its retriever's images
+        key = f"{name}|{getattr(retriever, 'fingerprint', '')}"
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60]
         return self.root / f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
     def load(self, retriever: Retriever) -> dict[str, torch.Tensor]:

@@ -582,3 +582,27 @@ def test_cli_captions_with_a_trained_captioner_folder(tmp_path, capsys):
         want = dict(zip(data.ids, cap.generate(ims, num_beams=beams, max_new_tokens=20, stop_at_period=True)))
         assert all(r["caption"] == want[r["image_id"]] for r in rows)
     assert json.loads((tmp_path / "greedy" / "truematch.json").read_text())["config"]["num_beams"] == 1
+
+
+def test_world_words_judge_reads_synonyms_as_their_words_and_shares_the_image_cache(public, tmp_path):
+    data = tm.load_bags_json(public / "bags.json", public / "images", image_ext=".png")
+    cache = tm.EmbeddingCache(tmp_path / "cache")
+    r = ColourRetriever()
+    canonical = tm.evaluate_truematch(data, r, captions=[CAPTIONS[i] for i in data.ids], cache=cache, batch_size=4)
+    # the same captions in the synonyms wording: the plain judge misses the colours, the world-words judge does not
+    swap = {"red": "crimson", "yellow": "golden", "purple": "violet", "square": "square"}
+    synonyms = [" ".join(swap.get(w, w) for w in CAPTIONS[i].split()) for i in data.ids]
+    assert synonyms[data.ids.index("A")] == "a crimson square"
+    plain = tm.evaluate_truematch(data, r, captions=synonyms, cache=cache, batch_size=4)
+    assert plain.metrics["R@1/bag5"] < canonical.metrics["R@1/bag5"] == EXPECTED["R@1/bag5"]
+    retrieval.register_retriever("colourtest", lambda rest, device="cpu": r)
+    try:
+        wrapped = retrieval.load_retriever("world-words:colourtest:x")
+    finally:
+        del retrieval._FACTORIES["colourtest"]
+    assert isinstance(wrapped, retrieval.WorldWordsRetriever) and wrapped.inner is r
+    assert wrapped.name == "world-words:colour" and wrapped.fingerprint == "v1"  # other attributes are r's
+    assert retrieval.image_cache_name(wrapped) == "colour" and cache.path_for(wrapped) == cache.path_for(r)
+    calls = r.image_calls
+    read = tm.evaluate_truematch(data, wrapped, captions=synonyms, cache=cache, batch_size=4)
+    assert read.metrics == canonical.metrics and r.image_calls == calls  # its images came from r's cache

@@ -16,6 +16,8 @@ Specs name a retriever on the command line, ``KIND:REST``:
 * ``finecap:lit`` -- the package's own offline retriever: EfficientNet-Lite0 + MiniLM towers with learned
   projections, contrastively trained on the built-in world (trained on first use, then cached);
   ``finecap:/path`` loads a folder written by ``python -m vlm train-retriever``.
+* ``world-words:SPEC`` -- the retriever of ``SPEC`` reading each caption in the built-in world's own words
+  (:class:`WorldWordsRetriever`): the judge of worlds whose annotators use synonyms (``wording: synonyms``).
 
 Example (a tiny random-weight CLIP from :data:`TINY_OPEN_CLIP_CONFIG`, built in a fraction of a second):
     >>> import json, os, tempfile
@@ -50,6 +52,8 @@ __all__ = [
     "OpenCLIPRetriever",
     "Retriever",
     "TINY_OPEN_CLIP_CONFIG",
+    "WorldWordsRetriever",
+    "image_cache_name",
     "load_retriever",
     "register_retriever",
 ]
@@ -383,6 +387,57 @@ def _open_clip_from_spec(rest: str, *, device: str = "cpu") -> OpenCLIPRetriever
     return OpenCLIPRetriever(model, pretrained, device=device)
 
 
+def image_cache_name(retriever: Retriever) -> str:
+    """The name that keys a retriever's cached image embeddings: its ``image_cache_name`` where it has one (a
+    wrapper that changes only how texts are read shares its inner retriever's), else its ``name``."""
+    return getattr(retriever, "image_cache_name", None) or retriever.name
+
+
+class WorldWordsRetriever:
+    """A retriever that reads captions in the built-in world's own words.
+
+    Each text goes through :func:`vlm.world.facts.canonical_wording` (every synonym of
+    :data:`vlm.world.scene.SYNONYMS`, and "a pair of", replaced by the word it stands for) before ``inner`` encodes
+    it; images go to ``inner`` unchanged, and their cached embeddings are ``inner``'s (:func:`image_cache_name`).
+    In a world whose annotators use synonyms, such a judge scores what a caption states as ``inner`` scores the
+    fixed wording, so a captioner is not rewarded or penalised for which synonym it writes. Spec
+    ``world-words:SPEC``, e.g. ``world-words:finecap:lit-v4``. Other attributes are ``inner``'s.
+
+    Example:
+        >>> class Echo:
+        ...     name = "echo"
+        ...     def encode_texts(self, texts, *, batch_size=256):
+        ...         return list(texts)
+        >>> WorldWordsRetriever(Echo()).encode_texts(["A tiny crimson disc.", "A pair of ladies."])
+        ['A small red circle.', 'Two women.']
+    """
+
+    def __init__(self, inner: Retriever) -> None:
+        self.inner = inner
+        self.name = f"world-words:{inner.name}"
+        self.image_cache_name = image_cache_name(inner)
+
+    def encode_images(self, images: Sequence[Image.Image], *, batch_size: int = 64) -> torch.Tensor:
+        return self.inner.encode_images(images, batch_size=batch_size)
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        from vlm.world.facts import canonical_wording
+
+        return self.inner.encode_texts([canonical_wording(t) for t in texts], batch_size=batch_size)
+
+    def __getattr__(self, attr: str) -> Any:  # logit_scale, fingerprint, config, ... of the wrapped retriever
+        if attr == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)
+
+    def __repr__(self) -> str:
+        return f"WorldWordsRetriever({self.inner!r})"
+
+
+def _world_words_from_spec(rest: str, *, device: str = "cpu") -> WorldWordsRetriever:
+    return WorldWordsRetriever(load_retriever(rest, device=device))
+
+
 #: ``KIND`` of a spec ``KIND:REST`` -> factory ``(rest, *, device) -> Retriever``.
 def _finecap_from_spec(rest: str, *, device: str = "cpu") -> Retriever:
     # The package's own offline retriever (LiT on the built-in world); imported on use: it needs torch.
@@ -391,7 +446,8 @@ def _finecap_from_spec(rest: str, *, device: str = "cpu") -> Retriever:
     return load_lit_retriever(rest, device=device)
 
 
-_FACTORIES: dict[str, Callable[..., Retriever]] = {"open_clip": _open_clip_from_spec, "finecap": _finecap_from_spec}
+_FACTORIES: dict[str, Callable[..., Retriever]] = {"open_clip": _open_clip_from_spec, "finecap": _finecap_from_spec,
+                                                   "world-words": _world_words_from_spec}
 
 
 def register_retriever(kind: str, factory: Callable[..., Retriever]) -> None:
@@ -415,7 +471,7 @@ def load_retriever(spec: str, *, device: str = "cpu") -> Retriever:
         >>> load_retriever("nope:x")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown retriever spec 'nope:x': start it with one of open_clip:, finecap: (e.g. ...)
+        ValueError: unknown retriever spec 'nope:x': start it with one of open_clip:, finecap:, world-words: (e.g. ...)
     """
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in _FACTORIES or not rest:

@@ -137,10 +137,11 @@ class SRConfig:
 
 
 def _retriever_image_embeddings(retriever, ds, *, progress: bool) -> torch.Tensor:
+    from vlm.retrieval import image_cache_name
     from vlm.train.features import cached_features, feature_cache_key
 
-    key = feature_cache_key(f"retriever:{retriever.name}", getattr(retriever, "fingerprint", "") or "", {},
-                            [ds.path(i) for i in range(len(ds))])
+    key = feature_cache_key(f"retriever:{image_cache_name(retriever)}", getattr(retriever, "fingerprint", "") or "",
+                            {}, [ds.path(i) for i in range(len(ds))])
     return cached_features(key, len(ds), lambda idx: retriever.encode_images([ds.image(i) for i in idx]),
                            batch_size=64, progress=progress, desc="retriever image embeddings")
 
@@ -243,7 +244,9 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
     if needs_nb:
         from vlm.data import file_identity
 
-        key = f"{retriever.name}|{getattr(retriever, 'fingerprint', '')}|" + "|".join(
+        from vlm.retrieval import image_cache_name
+
+        key = f"{image_cache_name(retriever)}|{getattr(retriever, 'fingerprint', '')}|" + "|".join(
             file_identity(train_ds.path(i)) for i in range(len(train_ds)))
         nb, sims = mine_neighbours(img_emb, cfg.neighbours, cache_key=key)
     sampler = BagSampler(nb, sims, n_images=len(train_ds), world_bags=world_bags_of(train_ds),

@@ -53,7 +53,25 @@ _REF_PARTS = re.compile(
     rf"(?:\s+in\s+the\s+(?P<garment_color>{_COLOR})\s+(?:dress|shirt))?")
 _BG = {phrase.split(" ", 1)[1]: bg for bg, phrases in BACKGROUND_VARIANTS.items() for phrase in phrases}
 _CANON = {alt: word for word, alts in SYNONYMS.items() for alt in alts} | {"a pair of": "two"}
-_ALT = re.compile(rf"\b(?:{'|'.join(re.escape(a) for a in sorted(_CANON, key=len, reverse=True))})\b")
+_ALT = re.compile(rf"\b(?:{'|'.join(re.escape(a) for a in sorted(_CANON, key=len, reverse=True))})\b",
+                  re.IGNORECASE)
+
+
+def canonical_wording(caption: str) -> str:
+    """``caption`` with each word of :data:`~vlm.world.scene.SYNONYMS` (and "a pair of") replaced by the word it
+    stands for, the rest as written: a ``wording="synonyms"`` caption in the world's own words, as the fact reader
+    reads it. A judge that reads captions through it (``world-words:`` retrievers, :mod:`vlm.retrieval`) scores what
+    a caption states, not which of the annotators' words it uses.
+
+    Example:
+        >>> canonical_wording("A pair of tiny discs in crimson and a lady at the beach.")
+        'Two small circles in red and a woman at the beach.'
+    """
+    def canon(m: re.Match) -> str:
+        word = _CANON[m.group(0).lower()]
+        return word[:1].upper() + word[1:] if m.group(0)[:1].isupper() else word
+
+    return _ALT.sub(canon, caption)
 
 
 def _size(word: str | None) -> str | None:
@@ -70,7 +88,7 @@ def _kind_matches(t: Thing, noun: str) -> bool:
 
 def caption_facts(caption: str) -> list[tuple]:
     """The atomic facts a caption states, in reading order, without duplicates."""
-    text = _ALT.sub(lambda m: _CANON[m.group(0)], caption.lower())
+    text = canonical_wording(caption).lower()
     facts: list[tuple] = []
     rel_spans = []
     for m in _REL.finditer(text):
