@@ -243,7 +243,6 @@ def train_sr(cfg: SRConfig, *, stop_after_steps: int | None = None) -> dict:
     nb = sims = None
     if needs_nb:
         from vlm.data import file_identity
-
         from vlm.retrieval import image_cache_name
 
         key = f"{image_cache_name(retriever)}|{getattr(retriever, 'fingerprint', '')}|" + "|".join(
