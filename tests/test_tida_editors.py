@@ -269,7 +269,11 @@ def test_inpaint_editor_keeps_unmasked_pixels_and_is_seeded(pipelines):
         assert np.abs(out[m] - inp[m]).mean() > 5
         assert np.array_equal(np.asarray(r.mask) > 127, m)
     [again] = editor.edit(images[:1], ["A red car."], ["A blue car."], masks=masks[:1], seeds=[0])
-    assert np.array_equal(np.asarray(again.image), np.asarray(results[0].image))  # batch-independent
+    # batch-independent: the same seed gives the same image alone as in a batch, up to one uint8 level where the
+    # CPU's matrix kernels (chosen by batch shape) round differently; another seed changes it by far more
+    alone = np.asarray(again.image).astype(int) - np.asarray(results[0].image).astype(int)
+    other = np.asarray(results[1].image).astype(int) - np.asarray(results[0].image).astype(int)
+    assert np.abs(alone).max() <= 1 and np.abs(alone).mean() < 0.01 < 1 < np.abs(other).mean()
     assert not np.array_equal(np.asarray(results[0].image), np.asarray(results[1].image))
 
 
