@@ -267,8 +267,8 @@ def vary_wording(caption: str, rng: random.Random, *, synonyms: bool = False) ->
 def human_captions(scene: Scene, rng: random.Random, n: int = 5,
                    levels: Sequence[str] = DEFAULT_CAPTION_LEVELS, wording: str = "fixed") -> list[str]:
     """``n`` varied captions, distinct where the scene allows it; caption ``k`` has detail ``levels[k % len]``;
-    ``wording="varied"`` rewords them (:func:`vary_wording`, with its own generator, so the choices of what to say
-    are the fixed wording's)."""
+    ``wording="varied"`` or ``"synonyms"`` rewords them (:func:`vary_wording`, with its own generator, so the
+    choices of what to say are the fixed wording's)."""
     if wording not in WORDINGS:
         raise ValueError(f"wording must be one of {WORDINGS}, got {wording!r}")
     out: list[str] = []
