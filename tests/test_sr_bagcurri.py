@@ -100,6 +100,27 @@ def test_the_shipped_sr_arms_differ_only_in_their_curriculum():
         assert sum(st["steps"] for st in other["curriculum"]) == sum(st["steps"] for st in base["curriculum"]) == 150
 
 
+def test_the_faithful_arms_differ_only_in_their_curriculum():
+    """The faithful pair: the base with a larger CIDEr-D weight and anchors, 180 steps each, and the curriculum's
+    last stage on the world's background and count edits."""
+    from benchmarks.sr_bagcurri import CONFIGS
+    from vlm.train.curriculum import Curriculum
+    from vlm.train.mle import load_config_file
+
+    base = load_config_file(CONFIGS / "sr-bagcurri.yaml")
+    curri = load_config_file(CONFIGS / "sr-bagcurri-faithful.yaml")
+    rand = load_config_file(CONFIGS / "sr-random-faithful.yaml")
+    assert {k for k in set(base) | set(curri) if base.get(k) != curri.get(k)} == {
+        "curriculum", "out_dir", "cider_weight", "kl_coef", "mle_coef"}
+    assert {k for k in set(rand) | set(curri) if rand.get(k) != curri.get(k)} == {"curriculum", "out_dir"}
+    assert (curri["cider_weight"], curri["kl_coef"], curri["mle_coef"]) == (1.0, 0.125, 0.125)
+    assert sum(st["steps"] for st in curri["curriculum"]) == sum(st["steps"] for st in rand["curriculum"]) == 180
+    assert curri["curriculum"][:5] == base["curriculum"]
+    last = Curriculum.from_list(curri["curriculum"]).stages[-1]
+    assert (last.source, last.edits, Curriculum.from_list(curri["curriculum"]).total_steps) == (
+        "world", ("background", "count"), 180)
+
+
 def test_cli_lists_the_new_options(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
