@@ -116,9 +116,9 @@ def test_the_faithful_arms_differ_only_in_their_curriculum():
     assert (curri["cider_weight"], curri["kl_coef"], curri["mle_coef"]) == (1.0, 0.125, 0.125)
     assert sum(st["steps"] for st in curri["curriculum"]) == sum(st["steps"] for st in rand["curriculum"]) == 180
     assert curri["curriculum"][:5] == base["curriculum"]
-    last = Curriculum.from_list(curri["curriculum"]).stages[-1]
-    assert (last.source, last.edits, Curriculum.from_list(curri["curriculum"]).total_steps) == (
-        "world", ("background", "count"), 180)
+    curriculum = Curriculum.from_list(curri["curriculum"])
+    last = curriculum.stages[-1]
+    assert (last.source, last.edits, curriculum.total_steps) == ("world", ("background", "count"), 180)
 
 
 def test_cli_lists_the_new_options(capsys):
